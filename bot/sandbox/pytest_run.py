@@ -27,6 +27,9 @@ def pytest_args(python: str = "python3") -> list[str]:
         "-p",
         PLUGIN_MODULE,
         "--color=no",
+        # Tests in a subfolder import the candidate module from the workspace root.
+        "-o",
+        "pythonpath=.",
     ]
 
 

@@ -1,0 +1,129 @@
+"""Building the model's context: a stable prefix, then compacted history (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.agent.tools import TOOL_SCHEMAS
+from bot.sandbox.base import TestResult
+
+SYSTEM_PROMPT = (Path(__file__).parent / "prompts" / "system.md").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What to solve: the task text, the read-only tests, and where the code goes."""
+
+    text: str
+    tests: dict[str, str]
+    target: str
+    # Files of the repository the tests may import (GitHub runs); read-only context.
+    context_files: dict[str, str] | None = None
+    title: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "tests": self.tests,
+            "target": self.target,
+            "context_files": sorted(self.context_files or {}),
+            "title": self.title,
+        }
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One iteration as the model will see it again: its reply and what came back."""
+
+    assistant: dict[str, Any] | None  # the assistant message, or None (no usable reply)
+    observation: str  # full text sent back
+    summary: str  # one line that replaces it once it is old
+    call_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ContextPolicy:
+    keep_full: int = 2
+    observation_chars: int = 4000
+
+
+def clip(text: str, limit: int) -> str:
+    """Head and tail of `text` within about `limit` characters."""
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 5
+    tail = limit - head
+    return f"{text[:head]}\n[... {len(text) - limit} characters clipped ...]\n{text[-tail:]}"
+
+
+def test_observation(result: TestResult, *, limit: int) -> str:
+    """Test output for the model: a header (counts, failing ids), then clipped output."""
+    lines = [f"Tests: {result.summary()}"]
+    if result.timed_out:
+        lines.append("The run was killed at the time limit: look for an endless loop.")
+    if result.failing:
+        shown = list(result.failing[:20])
+        more = len(result.failing) - len(shown)
+        lines.append("Failing: " + ", ".join(shown) + (f" (+{more} more)" if more else ""))
+    if result.ok:
+        lines.append("All tests pass.")
+    return "\n".join(lines) + "\n\n" + clip(result.output.strip(), limit)
+
+
+def first_message(task: Task) -> str:
+    parts = [f"# Task\n\n{task.text.strip()}\n", f"Write the code in `{task.target}`."]
+    if task.context_files:
+        listing = "\n".join(f"- {p}" for p in sorted(task.context_files)[:200])
+        parts.append(f"The repository has these files (read_file shows one):\n{listing}")
+    for path, text in sorted(task.tests.items()):
+        parts.append(f"# Tests: {path} (read-only)\n\n```python\n{text.rstrip()}\n```")
+    return "\n\n".join(parts)
+
+
+def shrunk(policy: ContextPolicy, level: int) -> ContextPolicy:
+    """A smaller policy after a 413: fewer full observations, shorter ones."""
+    if level <= 0:
+        return policy
+    return ContextPolicy(
+        keep_full=max(policy.keep_full - level, 1),
+        observation_chars=max(policy.observation_chars // (2 * level), 500),
+    )
+
+
+def build_messages(task: Task, turns: list[Turn], policy: ContextPolicy) -> list[dict[str, Any]]:
+    """The full message list: stable prefix first so Groq's prefix cache hits."""
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": first_message(task)},
+    ]
+    cutoff = len(turns) - policy.keep_full
+    for i, turn in enumerate(turns):
+        text = clip(turn.observation, policy.observation_chars) if i >= cutoff else turn.summary
+        if turn.assistant is not None:
+            messages.append(turn.assistant)
+        if turn.call_id is not None:
+            messages.append({"role": "tool", "tool_call_id": turn.call_id, "content": text})
+        else:
+            messages.append({"role": "user", "content": text})
+    return messages
+
+
+def build_request(
+    task: Task,
+    turns: list[Turn],
+    policy: ContextPolicy,
+    *,
+    model: str,
+    max_completion_tokens: int,
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": build_messages(task, turns, policy),
+        "tools": TOOL_SCHEMAS,
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "max_completion_tokens": max_completion_tokens,
+        "temperature": 0.2,
+    }

@@ -1,0 +1,343 @@
+"""The test-driven loop: model turn, dispatch its tool call, feed the result back, repeat.
+
+The loop owns the budget; the model never decides when the run is over except by a
+`finish` that the loop verifies. It does no I/O itself: the model and the sandbox come in
+through `Steps` (journaled in production), progress goes out through a `Reporter`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from bot.agent.context import ContextPolicy, Task, Turn, build_request, shrunk, test_observation
+from bot.agent.model import Reply
+from bot.agent.tools import InvalidCall, ToolCall, apply_edit, parse_reply
+from bot.journal import digest
+from bot.sandbox.base import TestResult, Workspace
+
+MAX_SHRINK = 3
+
+
+class OutcomeKind(StrEnum):
+    PASSED = "passed"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    GAVE_UP = "gave_up"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits the loop enforces. Wall time counts time spent in steps (model and sandbox)."""
+
+    max_iterations: int = 8
+    max_total_tokens: int = 200_000
+    max_wall_seconds: float = 600.0
+    max_invalid_replies: int = 3
+
+    def exceeded(self, *, iterations: int, tokens: int, elapsed: float) -> str | None:
+        """Which limit is used up, or None."""
+        if iterations >= self.max_iterations:
+            return f"iterations ({iterations}/{self.max_iterations})"
+        if tokens >= self.max_total_tokens:
+            return f"tokens ({tokens}/{self.max_total_tokens})"
+        if elapsed >= self.max_wall_seconds:
+            return f"wall time ({elapsed:.0f}s/{self.max_wall_seconds:.0f}s)"
+        return None
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """One model turn and what its tool call led to, for progress and reports."""
+
+    number: int
+    action: str
+    note: str
+    tokens: int
+    seconds: float
+    changed: tuple[str, ...] = ()
+    tests: TestResult | None = None
+    replayed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "tests"}
+        data["changed"] = list(self.changed)
+        data["tests"] = self.tests.to_dict() if self.tests else None
+        return data
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    reason: str
+    files: dict[str, str]  # the passing code, or the best candidate when not passing
+    result: TestResult | None  # the tests' result on `files`
+    last_result: TestResult | None
+    iterations: tuple[Iteration, ...]
+    tokens: int
+    elapsed: float
+
+    @property
+    def passed(self) -> bool:
+        return self.kind is OutcomeKind.PASSED
+
+
+class Steps(Protocol):
+    """The loop's only I/O: a model turn and a sandbox run, each returning its duration."""
+
+    def model(self, request: dict[str, Any]) -> tuple[Reply, float, bool]: ...
+
+    def tests(self, workspace: Workspace) -> tuple[TestResult, float, bool]: ...
+
+
+class Reporter(Protocol):
+    def iteration_started(self, number: int, budget: Budget) -> None: ...
+
+    def iteration_done(self, iteration: Iteration, budget: Budget) -> None: ...
+
+
+class NullReporter:
+    def iteration_started(self, number: int, budget: Budget) -> None:
+        pass
+
+    def iteration_done(self, iteration: Iteration, budget: Budget) -> None:
+        pass
+
+
+@dataclass
+class _State:
+    files: dict[str, str]
+    turns: list[Turn] = field(default_factory=list)
+    iterations: list[Iteration] = field(default_factory=list)
+    tokens: int = 0
+    elapsed: float = 0.0
+    invalid_streak: int = 0
+    last: tuple[str, TestResult] | None = None  # (files digest, result)
+    best: tuple[tuple[int, int], dict[str, str], TestResult] | None = None
+
+
+def _score(result: TestResult) -> tuple[int, int]:
+    return (result.passed, -(result.failed + result.errors))
+
+
+def _assistant_message(call: ToolCall) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "tool_calls": [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+            }
+        ],
+    }
+
+
+def _invalid_turn(reply: Reply, invalid: InvalidCall) -> Turn:
+    # The broken call itself is not echoed back: its arguments may not be valid JSON, which
+    # Groq would reject in the next request. Its text (if any) and the error are enough.
+    assistant = None
+    if reply.get("content"):
+        assistant = {"role": "assistant", "content": str(reply["content"])[:2000]}
+    return Turn(assistant, invalid.message, "(an invalid reply was rejected)", None)
+
+
+class _Runner:
+    def __init__(
+        self,
+        task: Task,
+        steps: Steps,
+        *,
+        budget: Budget,
+        policy: ContextPolicy,
+        model: str,
+        max_completion_tokens: int,
+        reporter: Reporter,
+        initial_files: dict[str, str] | None,
+    ) -> None:
+        self.task = task
+        self.steps = steps
+        self.budget = budget
+        self.policy = policy
+        self.model = model
+        self.max_completion_tokens = max_completion_tokens
+        self.reporter = reporter
+        self.protected = frozenset(task.tests)
+        self.state = _State(files=dict(initial_files or {}))
+        self._mark = (0, 0, 0.0)
+        self._replayed = False
+
+    def workspace(self) -> Workspace:
+        return {**(self.task.context_files or {}), **self.state.files, **self.task.tests}
+
+    def run_tests(self) -> tuple[TestResult, bool]:
+        """Test the current files, reusing the last result when nothing changed."""
+        files_digest = digest(self.state.files)
+        if self.state.last is not None and self.state.last[0] == files_digest:
+            return self.state.last[1], True
+        result, seconds, _ = self.steps.tests(self.workspace())
+        self.state.elapsed += seconds
+        self.state.last = (files_digest, result)
+        best = self.state.best
+        if best is None or _score(result) > best[0]:
+            self.state.best = (_score(result), dict(self.state.files), result)
+        return result, False
+
+    def ask_model(self) -> Reply:
+        """One model turn; a 413 shrinks the context and asks again."""
+        for level in range(MAX_SHRINK + 1):
+            request = build_request(
+                self.task,
+                self.state.turns,
+                shrunk(self.policy, level),
+                model=self.model,
+                max_completion_tokens=self.max_completion_tokens,
+            )
+            reply, seconds, self._replayed = self.steps.model(request)
+            self.state.elapsed += seconds
+            self.state.tokens += int(reply["usage"]["total_tokens"])
+            if not reply.get("too_large"):
+                return reply
+        return reply
+
+    def outcome(self, kind: OutcomeKind, reason: str) -> Outcome:
+        s = self.state
+        last = s.last[1] if s.last else None
+        if kind is OutcomeKind.PASSED or s.best is None:
+            files, result = s.files, last
+        else:
+            _, files, result = s.best
+        return Outcome(kind, reason, files, result, last, tuple(s.iterations), s.tokens, s.elapsed)
+
+    def loop(self) -> Outcome:
+        s = self.state
+        while True:
+            limit = self.budget.exceeded(
+                iterations=len(s.iterations), tokens=s.tokens, elapsed=s.elapsed
+            )
+            if limit:
+                return self.outcome(OutcomeKind.BUDGET_EXHAUSTED, f"budget exhausted: {limit}")
+            number = len(s.iterations) + 1
+            self.reporter.iteration_started(number, self.budget)
+            self._mark = (number, s.tokens, s.elapsed)
+            reply = self.ask_model()
+            if reply.get("too_large"):
+                return self.outcome(
+                    OutcomeKind.ERROR, "the request is too large for the model even when shrunk"
+                )
+            parsed = parse_reply(reply)
+            if isinstance(parsed, InvalidCall):
+                s.invalid_streak += 1
+                s.turns.append(_invalid_turn(reply, parsed))
+                self._record("invalid reply", parsed.message)
+                if s.invalid_streak >= self.budget.max_invalid_replies:
+                    return self.outcome(
+                        OutcomeKind.ERROR,
+                        f"the model made {s.invalid_streak} invalid replies in a row",
+                    )
+                continue
+            s.invalid_streak = 0
+            ended = self.dispatch(parsed)
+            if ended is not None:
+                return ended
+
+    def _record(
+        self,
+        action: str,
+        note: str,
+        *,
+        changed: tuple[str, ...] = (),
+        tests: TestResult | None = None,
+    ) -> None:
+        number, tokens0, elapsed0 = self._mark
+        it = Iteration(
+            number=number,
+            action=action,
+            note=note,
+            tokens=self.state.tokens - tokens0,
+            seconds=self.state.elapsed - elapsed0,
+            replayed=self._replayed,
+            changed=changed,
+            tests=tests,
+        )
+        self.state.iterations.append(it)
+        self.reporter.iteration_done(it, self.budget)
+
+    def dispatch(self, call: ToolCall) -> Outcome | None:
+        s = self.state
+        assistant = _assistant_message(call)
+        action = call.describe()
+        if call.name in {"write_file", "replace_in_file"}:
+            edit = apply_edit(s.files, call, protected=self.protected)
+            if not edit.applied:
+                s.turns.append(Turn(assistant, edit.message, f"{action}: refused", call.id))
+                self._record(action, edit.message)
+                return None
+            changed = tuple(p for p in edit.files if edit.files[p] != s.files.get(p))
+            s.files = edit.files
+            result, _ = self.run_tests()
+            text = (
+                f"{edit.message}\n\n{test_observation(result, limit=self.policy.observation_chars)}"
+            )
+            s.turns.append(Turn(assistant, text, f"{action}: {result.summary()}", call.id))
+            self._record(action, edit.message, changed=changed, tests=result)
+            if result.ok:
+                return self.outcome(OutcomeKind.PASSED, "all tests pass")
+            return None
+        if call.name == "read_file":
+            path = call.arguments["path"]
+            content = self.workspace().get(path)
+            text = content if content is not None else f"{path} does not exist."
+            s.turns.append(Turn(assistant, text, f"read {path}", call.id))
+            self._record(action, f"read {path}")
+            return None
+        if call.name == "run_tests":
+            result, _ = self.run_tests()
+            text = test_observation(result, limit=self.policy.observation_chars)
+            s.turns.append(Turn(assistant, text, f"run_tests: {result.summary()}", call.id))
+            self._record(action, result.summary(), tests=result)
+            if result.ok:
+                return self.outcome(OutcomeKind.PASSED, "all tests pass")
+            return None
+        # finish
+        summary = str(call.arguments.get("summary", ""))[:500]
+        if call.arguments.get("give_up"):
+            self._record(action, summary)
+            return self.outcome(OutcomeKind.GAVE_UP, f"the model gave up: {summary}")
+        result, _ = self.run_tests()
+        if result.ok:
+            self._record(action, summary, tests=result)
+            return self.outcome(OutcomeKind.PASSED, "all tests pass")
+        text = "finish refused: the tests do not pass yet. Keep working.\n\n" + test_observation(
+            result, limit=self.policy.observation_chars
+        )
+        s.turns.append(Turn(assistant, text, f"finish refused: {result.summary()}", call.id))
+        self._record(action, "finish refused: tests fail", tests=result)
+        return None
+
+
+def solve(
+    task: Task,
+    steps: Steps,
+    *,
+    budget: Budget,
+    policy: ContextPolicy,
+    model: str,
+    max_completion_tokens: int = 4096,
+    reporter: Reporter | None = None,
+    initial_files: dict[str, str] | None = None,
+) -> Outcome:
+    """Run the loop until the tests pass, the model gives up, or the budget runs out."""
+    runner = _Runner(
+        task,
+        steps,
+        budget=budget,
+        policy=policy,
+        model=model,
+        max_completion_tokens=max_completion_tokens,
+        reporter=reporter or NullReporter(),
+        initial_files=initial_files,
+    )
+    return runner.loop()

@@ -1,0 +1,372 @@
+"""`tdd-agent`: solve a task test-first from the command line, and inspect past runs.
+
+Exit status: 0 the tests pass; 1 the run ended without passing tests; 2 usage or
+configuration error (the message says the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from platformdirs import user_data_dir
+from rich.console import Console
+from rich.table import Table
+
+from bot.agent.context import Task
+from bot.agent.loop import Outcome
+from bot.agent.model import GroqModel
+from bot.agent.targets import infer_target
+from bot.config import Settings, load_settings
+from bot.errors import ConfigError, JournalError, SandboxUnavailable, TddAgentError
+from bot.journal import list_runs, load_run
+from bot.progress import TerminalReporter
+from bot.redis_server import connect, ensure_embedded_redis
+from bot.run import RunRequest, execute
+from bot.sandbox.factory import backend_name, build_sandbox
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+EPILOG = """\
+examples:
+  tdd-agent solve --task "Write fizzbuzz(n)" --tests tests/test_fizzbuzz.py
+  tdd-agent solve --task-file task.md --tests test_roman.py --target roman.py --out ./result
+  tdd-agent solve --input '{"task": "...", "tests": "def test_x(): ..."}'
+  tdd-agent solve ... --run-id my-run     resume my-run from its journal
+  tdd-agent runs                          recent runs
+  tdd-agent runs show my-run              every step of a run
+
+configuration comes from the environment (or .env): GROQ_API_KEY (required),
+GROQ_MODEL, GROQ_BASE_URL, REDIS_URL (else an embedded Redis in the data directory),
+MAX_ITERATIONS, MAX_TOTAL_TOKENS, MAX_WALL_SECONDS, SANDBOX, E2B_API_KEY. See README.md.
+"""
+
+
+class UsageError(TddAgentError):
+    """Bad command-line input; exit 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tdd-agent",
+        description="Write code test-first with a model until the given pytest tests pass.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    solve = sub.add_parser(
+        "solve",
+        help="solve a task: iterate model → code → pytest until green",
+        description="Iterate model → code → pytest until the tests pass or the budget runs out.",
+    )
+    src = solve.add_argument_group("what to solve")
+    src.add_argument("--task", help="the task, as text")
+    src.add_argument("--task-file", type=Path, help="read the task from this file")
+    src.add_argument(
+        "--tests",
+        type=Path,
+        action="append",
+        default=[],
+        help="a pytest file the code must pass (repeatable); it stays read-only",
+    )
+    src.add_argument(
+        "--input",
+        help='JSON: {"task": "...", "tests": "<pytest source>" or {"path": "source"}, '
+        '"target": "mod.py"}',
+    )
+    src.add_argument("--target", help="module to write (default: inferred from the tests' imports)")
+    out = solve.add_argument_group("output")
+    out.add_argument(
+        "--out", type=Path, default=Path("."), help="where to write the code (default: .)"
+    )
+    out.add_argument("--json", action="store_true", help="print one JSON result object on stdout")
+    run = solve.add_argument_group("run")
+    run.add_argument("--run-id", help="name the run; an existing run resumes from its journal")
+    run.add_argument("--model", help="Groq model (default: GROQ_MODEL or openai/gpt-oss-120b)")
+    run.add_argument("--max-iterations", type=int, help="model turns at most (default 8)")
+    run.add_argument("--max-tokens", type=int, help="total tokens at most (default 200000)")
+    run.add_argument(
+        "--max-seconds", type=float, help="time in model and tests at most (default 600)"
+    )
+    run.add_argument("--sandbox", choices=["auto", "local", "e2b"], help="sandbox backend")
+
+    runs = sub.add_parser("runs", help="list recent runs, or `runs show RUN_ID`")
+    runs.add_argument("action", nargs="?", choices=["show"], help="show one run's steps")
+    runs.add_argument("run_id", nargs="?", help="the run to show")
+    runs.add_argument("--limit", type=int, default=20, help="how many runs to list")
+    runs.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+# -- solve --------------------------------------------------------------------------------
+
+
+def _read(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+def task_from_args(args: argparse.Namespace) -> tuple[Task, str | None]:
+    """The task from the solve arguments, and a note when the target was inferred."""
+    text: str | None = args.task
+    tests: dict[str, str] = {}
+    target: str | None = args.target
+    if args.input:
+        try:
+            data = json.loads(args.input)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--input is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("task"), str):
+            raise UsageError('--input needs a JSON object with a "task" string and "tests"')
+        text = data["task"]
+        raw_tests = data.get("tests")
+        if isinstance(raw_tests, str):
+            tests["test_task.py"] = raw_tests
+        elif isinstance(raw_tests, dict) and all(isinstance(v, str) for v in raw_tests.values()):
+            tests.update(raw_tests)
+        else:
+            raise UsageError('--input "tests" must be pytest source or {"path": "source"}')
+        target = target or data.get("target")
+    if args.task_file:
+        text = _read(args.task_file, "task file")
+    for path in args.tests:
+        tests[path.name] = _read(path, "tests file")
+    if not text or not text.strip():
+        raise UsageError("give the task with --task, --task-file or --input")
+    if not tests:
+        raise UsageError("give at least one pytest file with --tests (or tests in --input)")
+    note = None
+    if not target:
+        target = infer_target(tests)
+        if target is None:
+            raise UsageError(
+                "cannot tell which module to write from the tests' imports; pass --target mod.py"
+            )
+        note = f"target {target} (inferred from the tests' imports; --target overrides)"
+    if PurePosixPath(target).is_absolute() or ".." in PurePosixPath(target).parts:
+        raise UsageError(f"--target must be a relative path, not {target}")
+    return Task(text=text, tests=tests, target=target), note
+
+
+def _settings(args: argparse.Namespace, environ: dict[str, str] | None) -> Settings:
+    overrides: dict[str, Any] = {}
+    for arg, field in [
+        ("model", "groq_model"),
+        ("max_iterations", "max_iterations"),
+        ("max_tokens", "max_total_tokens"),
+        ("max_seconds", "max_wall_seconds"),
+        ("sandbox", "sandbox"),
+    ]:
+        value = getattr(args, arg, None)
+        if value is not None:
+            overrides[field] = value
+    return load_settings(environ, **overrides)
+
+
+def redis_client(settings: Settings):  # noqa: ANN201 - redis.Redis
+    if settings.redis_url:
+        return connect(settings.redis_url)
+    data_dir = settings.data_dir or Path(user_data_dir("tdd-agent"))
+    return connect(ensure_embedded_redis(data_dir))
+
+
+def write_files(out: Path, files: dict[str, str]) -> list[Path]:
+    written = []
+    for rel, text in sorted(files.items()):
+        dest = out / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text, encoding="utf-8")
+        written.append(dest)
+    return written
+
+
+def outcome_json(run_id: str, outcome: Outcome, written: list[Path]) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "outcome": outcome.kind.value,
+        "reason": outcome.reason,
+        "iterations": [it.to_dict() for it in outcome.iterations],
+        "tokens": outcome.tokens,
+        "seconds": round(outcome.elapsed, 3),
+        "files": [str(p) for p in written],
+        "tests": outcome.result.to_dict() if outcome.result else None,
+    }
+
+
+def cmd_solve(args: argparse.Namespace, environ: dict[str, str] | None, err: Console) -> int:
+    task, note = task_from_args(args)
+    settings = _settings(args, environ)
+    api_key = settings.require_groq_key()
+    reporter = TerminalReporter(err, quiet=False)
+    if note:
+        reporter.info(note)
+    run_id = args.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    client = redis_client(settings)
+    model = GroqModel.build(
+        api_key=api_key,
+        base_url=settings.groq_base_url,
+        timeout=settings.groq_timeout,
+        max_retries=settings.groq_max_retries,
+    )
+    sandbox = build_sandbox(settings)
+    reporter.info(
+        f"run {run_id}: model {settings.groq_model}, sandbox {backend_name(settings)}, "
+        f"budget {settings.max_iterations} iterations / {settings.max_total_tokens:,} tokens / "
+        f"{settings.max_wall_seconds:.0f}s"
+    )
+    waited = {"said": False}
+
+    def on_wait(remaining: float) -> None:
+        if not waited["said"]:
+            waited["said"] = True
+            reporter.info(
+                f"run {run_id} is held by another process (or one that died); waiting for its "
+                f"lease to lapse (≤ {remaining:.1f}s)…"
+            )
+
+    try:
+        outcome = execute(
+            RunRequest(run_id=run_id, task=task),
+            client=client,
+            model=model,
+            sandbox=sandbox,
+            settings=settings,
+            reporter=reporter,
+            on_wait=on_wait,
+            on_resume=lambda n: reporter.info(f"resuming {run_id}: {n} recorded steps replay"),
+        )
+    finally:
+        reporter.close()
+        sandbox.close()
+    written = write_files(args.out, outcome.files) if outcome.files else []
+    if args.json:
+        print(json.dumps(outcome_json(run_id, outcome, written), indent=2))
+    where = ", ".join(str(p) for p in written) or "nothing"
+    if outcome.passed:
+        reporter.info(
+            f"[passed] {len(outcome.iterations)} iterations, {outcome.tokens:,} tokens, "
+            f"{outcome.elapsed:.1f}s. Wrote {where}."
+        )
+        return EXIT_OK
+    reporter.info(f"[{outcome.kind.value}] {outcome.reason}")
+    if outcome.last_result is not None:
+        reporter.info("last test output:\n" + outcome.last_result.output.strip()[-4000:])
+    if written and outcome.result is not None:
+        reporter.info(f"best candidate ({outcome.result.summary()}) written to {where}")
+    reporter.info(f"resume or inspect: tdd-agent runs show {run_id}")
+    return EXIT_FAILED
+
+
+# -- runs ---------------------------------------------------------------------------------
+
+
+def cmd_runs(args: argparse.Namespace, environ: dict[str, str] | None, out: Console) -> int:
+    settings = load_settings(environ)
+    client = redis_client(settings)
+    if args.action == "show":
+        if not args.run_id:
+            raise UsageError("usage: tdd-agent runs show RUN_ID")
+        return show_run(client, args.run_id, out, as_json=args.json)
+    runs = list_runs(client, limit=args.limit)
+    if args.json:
+        print(json.dumps(runs, indent=2, default=str))
+        return EXIT_OK
+    if not runs:
+        out.print("no runs yet: start one with `tdd-agent solve --help`")
+        return EXIT_OK
+    table = Table("run", "status", "iterations", "tokens", "duration", "started", "task")
+    for run in runs:
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["created_at"]))
+        table.add_row(
+            run["run_id"],
+            str(run.get("status", "?")),
+            str(run.get("iterations", "-")),
+            f"{run.get('tokens', 0):,}" if run.get("tokens") is not None else "-",
+            f"{run['duration']:.1f}s" if run.get("duration") is not None else "-",
+            started,
+            str(run.get("title", ""))[:50],
+        )
+    out.print(table)
+    return EXIT_OK
+
+
+def show_run(client: Any, run_id: str, out: Console, *, as_json: bool) -> int:
+    loaded = load_run(client, run_id)
+    if loaded is None:
+        raise UsageError(f"no run {run_id!r}; `tdd-agent runs` lists the recent ones")
+    meta, steps = loaded
+    if as_json:
+        data = {"run_id": run_id, **meta, "steps": [s.__dict__ for s in steps]}
+        print(json.dumps(data, indent=2, default=str))
+        return EXIT_OK
+    out.print(
+        f"run {run_id}: {meta.get('status', '?')} — {meta.get('reason', '')}\n"
+        f"task: {meta.get('title', '')} → {meta.get('target', '')}",
+        highlight=False,
+    )
+    table = Table("#", "kind", "status", "try", "seconds", "tokens", "what")
+    for step in steps:
+        if step.kind == "model":
+            what = str(step.meta.get("summary", ""))
+            tokens = f"{step.meta.get('tokens', 0):,}"
+        else:
+            out_data = step.output or {}
+            what = str(step.meta.get("summary", ""))
+            if out_data.get("failing"):
+                what += " · failing: " + ", ".join(out_data["failing"][:3])
+            tokens = ""
+        table.add_row(
+            str(step.seq),
+            step.kind,
+            step.status,
+            str(step.attempt),
+            f"{step.duration:.2f}",
+            tokens,
+            what,
+        )
+    out.print(table)
+    last = next((s for s in reversed(steps) if s.kind == "sandbox" and s.output), None)
+    if last is not None:
+        out.print("last test output:", highlight=False)
+        out.print(str(last.output.get("output", "")).strip()[-3000:], highlight=False, markup=False)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
+    """Entry point; `environ` lets tests pass settings without touching os.environ."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    err = Console(stderr=True)
+    out = Console()
+    try:
+        if args.command == "solve":
+            return cmd_solve(args, environ, err)
+        if args.command == "runs":
+            return cmd_runs(args, environ, out)
+        parser.print_help()
+        return EXIT_USAGE
+    except (UsageError, ConfigError, SandboxUnavailable) as exc:
+        err.print(f"tdd-agent: {exc}", highlight=False, markup=False)
+        return EXIT_USAGE
+    except JournalError as exc:
+        err.print(f"tdd-agent: {exc}", highlight=False, markup=False)
+        return EXIT_USAGE
+    except TddAgentError as exc:
+        err.print(f"tdd-agent: error: {exc}", highlight=False, markup=False)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        err.print("tdd-agent: interrupted; resume with the same --run-id", highlight=False)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

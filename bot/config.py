@@ -1,0 +1,83 @@
+"""Settings: read once from the environment (or a mapping a test passes in) at the edge."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+DEFAULT_MODEL = "openai/gpt-oss-120b"
+
+
+class Settings(BaseSettings):
+    """Every knob of the bot. Env var names are the field names in upper case."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # Model (Groq)
+    groq_api_key: SecretStr | None = None
+    groq_base_url: str | None = None
+    groq_model: str = DEFAULT_MODEL
+    groq_timeout: float = 60.0
+    groq_max_retries: int = 4
+    max_completion_tokens: int = 4096
+
+    # Budget: enforced by the loop, never by the model.
+    max_iterations: int = 8
+    max_total_tokens: int = 200_000
+    max_wall_seconds: float = 600.0
+    max_invalid_replies: int = 3
+    # How many recent test outputs stay in full; older ones shrink to a one-line summary.
+    keep_full_observations: int = 2
+    observation_chars: int = 4000
+
+    # Journal
+    redis_url: str | None = None
+    data_dir: Path | None = None
+    lease_seconds: float = 10.0
+
+    # Sandbox
+    sandbox: Literal["auto", "local", "e2b"] = "auto"
+    e2b_api_key: SecretStr | None = None
+    test_timeout: float = 60.0
+    warm_runner: bool = False
+
+    # GitHub App (Probot's names)
+    app_id: int | None = None
+    private_key: SecretStr | None = None
+    private_key_path: Path | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_path: str = "/api/github/webhooks"
+    github_api_url: str = "https://api.github.com"
+    github_url: str = "https://github.com"
+    port: int = 3000
+    trigger_label: str = "agent:tdd"
+    queue_name: str = Field(default="tdd-agent")
+
+    def require_groq_key(self) -> str:
+        if self.groq_api_key is None or not self.groq_api_key.get_secret_value():
+            raise ConfigError(
+                "GROQ_API_KEY is not set. Create a key at https://console.groq.com/keys and "
+                "export GROQ_API_KEY=gsk_... (or put it in .env)."
+            )
+        return self.groq_api_key.get_secret_value()
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build settings from the process env, or from `environ` alone when a test passes one."""
+    try:
+        if environ is None:
+            return Settings(**overrides)  # type: ignore[arg-type]
+        values = {k.lower(): v for k, v in environ.items() if k.lower() in Settings.model_fields}
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc

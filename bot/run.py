@@ -1,0 +1,104 @@
+"""Running one task end to end under its journal: lease, loop, outcome recorded."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from bot.agent.context import ContextPolicy, Task
+from bot.agent.loop import Budget, Outcome, OutcomeKind, Reporter, solve
+from bot.agent.model import ModelClient
+from bot.agent.steps import JournaledSteps
+from bot.config import Settings
+from bot.errors import JournalMismatch, LeaseLost
+from bot.journal import RunJournal, digest
+from bot.sandbox.base import Sandbox
+
+
+def budget_from(settings: Settings) -> Budget:
+    return Budget(
+        max_iterations=settings.max_iterations,
+        max_total_tokens=settings.max_total_tokens,
+        max_wall_seconds=settings.max_wall_seconds,
+        max_invalid_replies=settings.max_invalid_replies,
+    )
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    run_id: str
+    task: Task
+    source: str = "cli"
+    initial_files: dict[str, str] | None = None
+
+
+def execute(
+    request: RunRequest,
+    *,
+    client: redis.Redis,
+    model: ModelClient,
+    sandbox: Sandbox,
+    settings: Settings,
+    reporter: Reporter | None = None,
+    on_wait: Callable[[float], None] | None = None,
+    on_resume: Callable[[int], None] | None = None,
+) -> Outcome:
+    """Run (or resume) `request` to its outcome, recording every step in the journal."""
+    journal = RunJournal(client, request.run_id, lease_seconds=settings.lease_seconds)
+    task_digest = digest(request.task.to_dict())
+    journal.acquire(on_wait=on_wait)
+    try:
+        recorded_digest = journal.get_meta("task_digest")
+        if recorded_digest is not None and recorded_digest != task_digest:
+            raise JournalMismatch(
+                f"run {request.run_id} was started with a different task or tests; "
+                "use a new --run-id for a new task"
+            )
+        recorded = journal.recorded_steps
+        if recorded and on_resume is not None:
+            on_resume(recorded)
+        started = time.time()
+        journal.set_meta(
+            status="running",
+            source=request.source,
+            title=request.task.title or request.task.text.strip().splitlines()[0][:80],
+            target=request.task.target,
+            task_digest=task_digest,
+            model=settings.groq_model,
+            max_iterations=settings.max_iterations,
+            resumed_at=started if recorded else None,
+        )
+        try:
+            outcome = solve(
+                request.task,
+                JournaledSteps(journal, model, sandbox),
+                budget=budget_from(settings),
+                policy=ContextPolicy(
+                    keep_full=settings.keep_full_observations,
+                    observation_chars=settings.observation_chars,
+                ),
+                model=settings.groq_model,
+                max_completion_tokens=settings.max_completion_tokens,
+                reporter=reporter,
+                initial_files=request.initial_files,
+            )
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            journal.set_meta(status=OutcomeKind.ERROR.value, reason=str(exc)[:1000])
+            raise
+        journal.set_meta(
+            status=outcome.kind.value,
+            reason=outcome.reason,
+            iterations=len(outcome.iterations),
+            tokens=outcome.tokens,
+            duration=round(outcome.elapsed, 3),
+            files=outcome.files,
+            result=outcome.result.to_dict() if outcome.result else None,
+        )
+        return outcome
+    finally:
+        journal.release()
