@@ -58,7 +58,7 @@ def clip(text: str, limit: int) -> str:
     return f"{text[:head]}\n[... {len(text) - limit} characters clipped ...]\n{text[-tail:]}"
 
 
-def test_observation(result: TestResult, *, limit: int) -> str:
+def render_test_output(result: TestResult, *, limit: int) -> str:
     """Test output for the model: a header (counts, failing ids), then clipped output."""
     lines = [f"Tests: {result.summary()}"]
     if result.timed_out:

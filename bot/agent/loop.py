@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from bot.agent.context import ContextPolicy, Task, Turn, build_request, shrunk, test_observation
+from bot.agent.context import ContextPolicy, Task, Turn, build_request, render_test_output, shrunk
 from bot.agent.model import Reply
 from bot.agent.tools import InvalidCall, ToolCall, apply_edit, parse_reply
 from bot.journal import digest
@@ -278,9 +278,8 @@ class _Runner:
             changed = tuple(p for p in edit.files if edit.files[p] != s.files.get(p))
             s.files = edit.files
             result, _ = self.run_tests()
-            text = (
-                f"{edit.message}\n\n{test_observation(result, limit=self.policy.observation_chars)}"
-            )
+            observed = render_test_output(result, limit=self.policy.observation_chars)
+            text = f"{edit.message}\n\n{observed}"
             s.turns.append(Turn(assistant, text, f"{action}: {result.summary()}", call.id))
             self._record(action, edit.message, changed=changed, tests=result)
             if result.ok:
@@ -295,7 +294,7 @@ class _Runner:
             return None
         if call.name == "run_tests":
             result, _ = self.run_tests()
-            text = test_observation(result, limit=self.policy.observation_chars)
+            text = render_test_output(result, limit=self.policy.observation_chars)
             s.turns.append(Turn(assistant, text, f"run_tests: {result.summary()}", call.id))
             self._record(action, result.summary(), tests=result)
             if result.ok:
@@ -310,7 +309,7 @@ class _Runner:
         if result.ok:
             self._record(action, summary, tests=result)
             return self.outcome(OutcomeKind.PASSED, "all tests pass")
-        text = "finish refused: the tests do not pass yet. Keep working.\n\n" + test_observation(
+        text = "finish refused: the tests do not pass yet. Keep working.\n\n" + render_test_output(
             result, limit=self.policy.observation_chars
         )
         s.turns.append(Turn(assistant, text, f"finish refused: {result.summary()}", call.id))
