@@ -24,7 +24,7 @@ from bot.agent.loop import Outcome
 from bot.agent.model import GroqModel
 from bot.agent.targets import infer_target
 from bot.config import Settings, load_settings
-from bot.errors import ConfigError, JournalError, SandboxUnavailable, TddAgentError
+from bot.errors import ConfigError, JournalError, LeaseLost, SandboxUnavailable, TddAgentError
 from bot.journal import list_runs, load_run
 from bot.progress import TerminalReporter
 from bot.redis_server import connect, ensure_embedded_redis
@@ -357,6 +357,9 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     except (UsageError, ConfigError, SandboxUnavailable) as exc:
         err.print(f"tdd-agent: {exc}", highlight=False, markup=False)
         return EXIT_USAGE
+    except LeaseLost as exc:
+        err.print(f"tdd-agent: {exc}", highlight=False, markup=False)
+        return EXIT_FAILED
     except JournalError as exc:
         err.print(f"tdd-agent: {exc}", highlight=False, markup=False)
         return EXIT_USAGE
