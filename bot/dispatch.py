@@ -1,0 +1,70 @@
+"""Turning a routed webhook action into an RQ job with a deterministic id."""
+
+from __future__ import annotations
+
+import re
+
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError
+
+from bot.config import Settings
+from bot.github.webhooks import Action, RetryRun, StartRun
+
+# A worker killed mid-run makes RQ run the job again (same id, same run id), and the run
+# resumes from its journal. Intervals need the worker's scheduler (`--with-scheduler`).
+JOB_RETRY = Retry(max=3, interval=[5, 30, 60])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
+def job_id_for(action: StartRun | RetryRun, delivery: str) -> str:
+    repo = f"{_slug(action.repo.owner)}-{_slug(action.repo.name)}"
+    if isinstance(action, StartRun):
+        return f"issue-{repo}-{action.issue_number}-{_slug(delivery)[:36]}"
+    return f"retry-{repo}-{action.pr_number}-{action.comment_id}"
+
+
+def enqueue(queue: Queue, action: Action, *, delivery: str, settings: Settings) -> str:
+    """Enqueue the job for `action`; a job that already exists is not enqueued twice."""
+    if not isinstance(action, StartRun | RetryRun):
+        raise ValueError(f"nothing to enqueue for {action!r}")
+    job_id = job_id_for(action, delivery)
+    common = {
+        "owner": action.repo.owner,
+        "repo": action.repo.name,
+        "installation_id": action.repo.installation_id,
+        "sender": action.sender,
+        "run_id": job_id,
+    }
+    timeout = int(settings.max_wall_seconds * 2 + 600)
+    try:
+        if isinstance(action, StartRun):
+            queue.enqueue(
+                "jobs.tdd.run_issue",
+                kwargs={**common, "issue_number": action.issue_number},
+                job_id=job_id,
+                unique=True,
+                retry=JOB_RETRY,
+                job_timeout=timeout,
+                description=f"tdd run for {action.repo.full_name}#{action.issue_number}",
+            )
+        else:
+            queue.enqueue(
+                "jobs.tdd.retry_pr",
+                kwargs={
+                    **common,
+                    "pr_number": action.pr_number,
+                    "comment_id": action.comment_id,
+                    "guidance": action.guidance,
+                },
+                job_id=job_id,
+                unique=True,
+                retry=JOB_RETRY,
+                job_timeout=timeout,
+                description=f"/retry on {action.repo.full_name}#{action.pr_number}",
+            )
+    except DuplicateJobError:
+        pass
+    return job_id

@@ -1,0 +1,1 @@
+"""GitHub: webhook verification and routing (pure), App auth, API calls, publishing."""

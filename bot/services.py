@@ -1,0 +1,80 @@
+"""The one place that builds real clients from settings (worker and web start-up)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from githubkit import GitHub
+from githubkit.cache import MemCacheStrategy
+
+from bot.agent.model import GroqModel, ModelClient
+from bot.config import Settings
+from bot.errors import ConfigError
+from bot.github.api import RepoApi, app_client
+from bot.redis_server import connect
+from bot.sandbox.base import Sandbox
+from bot.sandbox.factory import build_sandbox
+
+
+def private_key(settings: Settings) -> str:
+    """PRIVATE_KEY (PEM text, `\\n` escapes allowed) or the file at PRIVATE_KEY_PATH."""
+    if settings.private_key is not None and settings.private_key.get_secret_value().strip():
+        return settings.private_key.get_secret_value().replace("\\n", "\n")
+    if settings.private_key_path is not None:
+        try:
+            return settings.private_key_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read PRIVATE_KEY_PATH {settings.private_key_path}: {exc}"
+            ) from exc
+    raise ConfigError(
+        "the GitHub App's private key is missing: set PRIVATE_KEY (the PEM text) or "
+        "PRIVATE_KEY_PATH (the .pem file GitHub let you download), or open the web app's "
+        "/ page to register the app"
+    )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    _app: GitHub[Any] | None = None
+    _cache: MemCacheStrategy = field(default_factory=MemCacheStrategy)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        if not settings.redis_url:
+            raise ConfigError("REDIS_URL is not set: the worker and web app share one Redis")
+        return cls(settings=settings, redis=connect(settings.redis_url))
+
+    def app(self) -> GitHub[Any]:
+        if self._app is None:
+            if self.settings.app_id is None:
+                raise ConfigError("APP_ID is not set (the GitHub App's numeric id)")
+            self._app = app_client(
+                app_id=self.settings.app_id,
+                private_key=private_key(self.settings),
+                base_url=self.settings.github_api_url,
+                cache=self._cache,
+            )
+        return self._app
+
+    def repo_api(self, installation_id: int | None, owner: str, repo: str) -> RepoApi:
+        app = self.app()
+        if installation_id is None:
+            installation_id = app.rest.apps.get_repo_installation(owner, repo).parsed_data.id
+        auth = app.auth.as_installation(installation_id)  # type: ignore[attr-defined]
+        return RepoApi(app.with_auth(auth), owner, repo)
+
+    def model(self) -> ModelClient:
+        return GroqModel.build(
+            api_key=self.settings.require_groq_key(),
+            base_url=self.settings.groq_base_url,
+            timeout=self.settings.groq_timeout,
+            max_retries=self.settings.groq_max_retries,
+        )
+
+    def sandbox(self) -> Sandbox:
+        return build_sandbox(self.settings)
