@@ -238,6 +238,12 @@ def is_progress_comment(body: str | None) -> bool:
 # --- the progress comment -----------------------------------------------------------------
 
 
+def _limit_words(limit: str) -> str:
+    # Budget.exceeded says `iterations (8/8)`; inside the heading's own parentheses that
+    # reads better as `iterations 8/8`.
+    return re.sub(r"^([a-z ]+) \((\S+)\)$", r"\1 \2", limit)
+
+
 def _status_line(
     status: str,
     *,
@@ -251,6 +257,7 @@ def _status_line(
     for prefix in ("budget exhausted:", "the model gave up:"):
         if detail.lower().startswith(prefix):
             detail = detail[len(prefix) :].strip()
+    detail = _limit_words(detail)
     extra = f" ({_plain(detail)})" if detail else ""
     best = _best(iterations)
     draft = f" — draft PR {_pr_ref(pr_url)}" if pr_url else ""
@@ -269,7 +276,7 @@ def _status_line(
                 tokens=sum(it.tokens for it in iterations),
                 elapsed=sum(it.seconds for it in iterations),
             )
-            extra = f" ({limit})" if limit else ""
+            extra = f" ({_limit_words(limit)})" if limit else ""
         return f"❌ Budget exhausted{extra}: best candidate {_passes(best)}{draft}"
     if status == OutcomeKind.GAVE_UP:
         reason = f": {_plain(detail)}" if detail else ""

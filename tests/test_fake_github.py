@@ -8,6 +8,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,6 +24,7 @@ from githubkit.cache import MemCacheStrategy
 from githubkit.exception import (
     RequestError,
     RequestFailed,
+    RequestTimeout,
     SecondaryRateLimitExceeded,
 )
 from githubkit.utils import UNSET
@@ -484,6 +486,7 @@ def test_check_run_lifecycle(gh: GitHub, fake: FakeGitHub) -> None:
     assert by_branch.total_count == by_sha.total_count == 1
     assert by_branch.check_runs[0].output.text == "log"
     assert fake.check_runs(REPO)[0]["conclusion"] == "success"
+    assert checks.get(OWNER, NAME, created.id).parsed_data.conclusion == "success"
 
 
 def test_check_run_output_limits(fake: FakeGitHub, app_key: rsa.RSAPrivateKey) -> None:
@@ -635,6 +638,25 @@ def test_injection_by_regex_and_times(gh: GitHub, fake: FakeGitHub) -> None:
     assert codes == [503, 503, 200] and fault.hits == 2
 
 
+def test_injected_delay_and_githubkit_timeouts(
+    fake: FakeGitHub, app_key: rsa.RSAPrivateKey
+) -> None:
+    """githubkit honours `timeout` only with http_cache=False: hishel drops it otherwise."""
+    uncached = installation_client(fake, app_key, auto_retry=False, timeout=0.1, http_cache=False)
+    cached = installation_client(fake, app_key, auto_retry=False, timeout=0.1)
+    uncached.rest.repos.get(OWNER, NAME)  # tokens first, so only the slow calls are timed
+    cached.rest.repos.get(OWNER, NAME)
+    fake.inject("GET", "/repos/{owner}/{repo}", status=200, delay=0.5, times=2)
+
+    with pytest.raises(RequestTimeout):
+        uncached.rest.repos.get(OWNER, NAME)
+    started = time.monotonic()
+    slow = cached.rest.repos.get(OWNER, NAME)
+
+    assert slow.status_code == 200 and time.monotonic() - started >= 0.45
+    assert [c.injected for c in fake.calls[-2:]] == [True, True]
+
+
 # -- server mechanics ---------------------------------------------------------------------
 
 
@@ -669,11 +691,11 @@ def test_stop_closes_the_port_and_joins_threads(app_key: rsa.RSAPrivateKey) -> N
 
 def test_unverified_jwt_mode_checks_issuer(app_key: rsa.RSAPrivateKey) -> None:
     with FakeGitHub(app_id=APP_ID) as fake:
-        good = jwt.encode(
+        expired = jwt.encode(
             {"iss": str(APP_ID), "iat": 0, "exp": 600}, _pem(app_key), algorithm="RS256"
         )
         assert (
-            httpx.get(f"{fake.url}app", headers={"Authorization": f"Bearer {good}"}).status_code
+            httpx.get(f"{fake.url}app", headers={"Authorization": f"Bearer {expired}"}).status_code
             == 401
         )
         app = app_client(fake, app_key)

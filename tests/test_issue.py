@@ -118,7 +118,8 @@ def test_tests_lines_name_files_in_the_repository() -> None:
     assert spec.inline_tests == {}
     assert spec.target is None
     assert spec.text == (
-        "Fix slugify for unicode\n\nThe slug function mangles unicode titles; make these tests pass."
+        "Fix slugify for unicode\n\n"
+        "The slug function mangles unicode titles; make these tests pass."
     )
 
     task = build_task(spec, repo)

@@ -59,7 +59,6 @@ SANDBOX_HOME = "/home/user"
 DEFAULT_BASE_ENV = {"LANG": "C.UTF-8", "USER": "user", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 Fault = int | str  # an HTTP status to answer with, or "hang"
-WSGIApp = Any  # wsgiref's types are not worth importing for a fake
 
 
 @dataclass
@@ -148,15 +147,17 @@ class _Handler(WSGIRequestHandler):
         if not self.raw_requestline or not self.parse_request():
             return
         environ = self.get_environ()
-        stdin: io.BufferedIOBase = self.rfile
+        # Read the whole body up front: wsgiref hands the app the raw socket, so reading
+        # to EOF (as connectrpc does on errors) would block until the client gives up.
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             body = self._read_chunked()
-            environ["CONTENT_LENGTH"] = str(len(body))
             environ.pop("HTTP_TRANSFER_ENCODING", None)
-            stdin = io.BytesIO(body)
+        else:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        environ["CONTENT_LENGTH"] = str(len(body))
         environ["fake.socket"] = self.connection
         handler = _QuietServerHandler(
-            stdin, self.wfile, self.get_stderr(), environ, multithread=True
+            io.BytesIO(body), self.wfile, self.get_stderr(), environ, multithread=True
         )
         handler.request_handler = self
         handler.run(self.server.get_app())

@@ -17,6 +17,7 @@ import re
 import secrets
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -329,6 +330,8 @@ class FakeGitHub:
         self._calls: list[Call] = []
         self._injections: list[Injection] = []
         self._server: ThreadingHTTPServer | None = None
+        self._url: str | None = None
+        self.errors: list[str] = []
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._created_at = self._clock()
@@ -349,6 +352,8 @@ class FakeGitHub:
         server.fake = self  # type: ignore[attr-defined]
         self._stopping.clear()
         self._server = server
+        # Kept after stop() so state readers can still render URLs.
+        self._url = f"http://127.0.0.1:{server.server_address[1]}/"
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
         )
@@ -377,9 +382,9 @@ class FakeGitHub:
     @property
     def url(self) -> str:
         """Base URL with a trailing slash, for ``GitHub(base_url=...)``."""
-        if self._server is None:
-            raise RuntimeError("FakeGitHub is not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}/"
+        if self._url is None:
+            raise RuntimeError("FakeGitHub was never started")
+        return self._url
 
     @property
     def _api(self) -> str:
@@ -830,7 +835,13 @@ class FakeGitHub:
         elif parse_error:
             reply = _Reply(400, error_body(400, "Problems parsing JSON"))
         else:
-            reply = self._dispatch(h.command, path, query, body, auth, inst)
+            try:
+                reply = self._dispatch(h.command, path, query, body, auth, inst)
+            except Exception:
+                # A bug in the fake must fail loudly, not look like a network error.
+                with self._lock:
+                    self.errors.append(traceback.format_exc())
+                reply = _Reply(500, error_body(500, "FakeGitHub crashed; see fake.errors"))
             if injection is not None:
                 reply = self._fault_reply(injection)
 
@@ -852,7 +863,11 @@ class FakeGitHub:
         if injection is not None and injection.drop:
             h.close_connection = True
             return
-        self._write(h, reply, headers, auth, inst)
+        try:
+            self._write(h, reply, headers, auth, inst)
+        except OSError:
+            # The client gave up (timeout, closed socket); nothing left to tell it.
+            h.close_connection = True
 
     def _dispatch(
         self,
