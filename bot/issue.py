@@ -191,15 +191,38 @@ def _unique_name(name: str, taken: set[str]) -> str:
     return f"{stem}_{k}{suffix}"
 
 
+def _name_blocks(named: list[str | None], test_paths: list[str]) -> list[str]:
+    """File names for the test blocks, in order: given names first, then test_issue*.py.
+
+    A repeated given name gets a suffix; a default name avoids every given name and every
+    `Tests:` path, so it never replaces a named repository file.
+    """
+    names: list[str | None] = []
+    taken: set[str] = set()
+    for name in named:
+        if name is not None:
+            name = _unique_name(name, taken)
+            taken.add(name)
+        names.append(name)
+    taken |= set(test_paths)
+    result: list[str] = []
+    for name in names:
+        if name is None:
+            name = _unique_name(INLINE_TEST_NAME, taken)
+            taken.add(name)
+        result.append(name)
+    return result
+
+
 def parse_issue(title: str, body: str | None) -> IssueSpec:
     """Read tests, test paths, target and task text out of an issue's title and body."""
     title = (title or "").strip()
     text = (body or "").replace("\r\n", "\n").replace("\r", "\n")
-    inline: dict[str, str] = {}
-    unnamed = 0
     test_paths: list[str] = []
     target: str | None = None
     out: list[str] = []
+    # (index of the block's pointer line in `out`, given name, code)
+    blocks: list[tuple[int, str | None, str]] = []
     for block in _split_blocks(text.split("\n")):
         if block.kind == "comment":
             continue
@@ -218,16 +241,17 @@ def parse_issue(title: str, body: str | None) -> IssueSpec:
         is_support = name is not None and PurePosixPath(name).name == "conftest.py"
         python = _language(block.info) in _PYTHON_INFOS
         if python and (_is_test_module(block.content) or (is_support and _parses(block.content))):
-            if name is None:
-                unnamed += 1
-                name = INLINE_TEST_NAME if unnamed == 1 else f"test_issue_{unnamed}.py"
-            name = _unique_name(name, set(inline))
-            inline[name] = block.content.strip("\n") + "\n"
-            # The tests reach the model in full after the text; a pointer keeps the prose
-            # readable without sending the same code twice.
-            out.append(f"(Tests: `{name}`, shown below.)")
+            blocks.append((len(out), name, block.content.strip("\n") + "\n"))
+            out.append("")
             continue
         out.extend(block.raw)
+    names = _name_blocks([name for _, name, _ in blocks], test_paths)
+    inline: dict[str, str] = {}
+    for (index, _, code), name in zip(blocks, names, strict=True):
+        inline[name] = code
+        # The tests reach the model in full after the text; a pointer keeps the prose
+        # readable without sending the same code twice.
+        out[index] = f"(Tests: `{name}`, shown below.)"
     prose = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip()
     task_text = f"{title}\n\n{prose}".strip() if prose else title
     return IssueSpec(
@@ -296,7 +320,8 @@ def build_task(spec: IssueSpec, repo_files: dict[str, str], *, guidance: str | N
     Tests are the inline blocks plus the named files (an inline block wins over a repo file
     of the same path). Context is the rest of the repository minus other test files: the
     sandbox runs every test file in the workspace, and only the issue's tests may decide.
-    Raises IssueError with what to fix in the issue.
+    An existing target stays in the context; seed the loop's `initial_files` with it so the
+    model can edit it in place. Raises IssueError with what to fix in the issue.
     """
     inline = {_checked(p, "Test file"): src for p, src in spec.inline_tests.items()}
     named = [_checked(p, "Test file") for p in spec.test_paths]

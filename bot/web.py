@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -18,6 +19,7 @@ from rq import Queue
 
 from bot.config import Settings, load_settings
 from bot.dispatch import enqueue
+from bot.github.setup_flow import RedisStateStore, setup_router
 from bot.github.webhooks import MAX_BODY_BYTES, Ignore, route, verify_signature
 from bot.redis_server import connect
 
@@ -52,6 +54,7 @@ def create_app(
     *,
     redis_client: redis.Redis | None = None,
     queue: Queue | None = None,
+    env_path: Path = Path(".env"),
 ) -> FastAPI:
     """Build the app; production passes nothing, tests pass settings and a Redis client."""
     settings = settings or load_settings()
@@ -59,6 +62,11 @@ def create_app(
         redis_client = connect(settings.redis_url or "redis://127.0.0.1:6379/0")
     queue = queue or Queue(settings.queue_name, connection=redis_client)
     app = FastAPI(title="tdd-agent", docs_url=None, redoc_url=None)
+    app.include_router(
+        setup_router(
+            settings=settings, env_path=env_path, state_store=RedisStateStore(redis_client)
+        )
+    )
     app.state.settings = settings
     app.state.redis = redis_client
     app.state.queue = queue

@@ -627,6 +627,20 @@ def test_dropped_connection_after_apply(gh: GitHub, fake: FakeGitHub) -> None:
     assert "already exists" in dup.value.response.json()["errors"][0]["message"]
 
 
+def test_failed_token_exchange_is_a_wrapped_request_error(
+    fake: FakeGitHub, app_key: rsa.RSAPrivateKey
+) -> None:
+    """The exchange runs inside httpx's auth flow: githubkit wraps its error and never retries."""
+    fake.inject("POST", "/app/installations/{id}/access_tokens", status=502)
+    default_retry = installation_client(fake, app_key)
+    with pytest.raises(RequestError) as exc:
+        default_retry.rest.repos.get(OWNER, NAME)
+    assert not isinstance(exc.value, RequestFailed)
+    assert isinstance(exc.value.exc, RequestFailed)
+    assert exc.value.exc.response.status_code == 502
+    assert [(c.path, c.status) for c in fake.calls] == [("/app/installations/1/access_tokens", 502)]
+
+
 def test_injection_by_regex_and_times(gh: GitHub, fake: FakeGitHub) -> None:
     fault = fake.inject("*", re.compile(r"/repos/octo/demo(/.*)?"), status=503, times=2)
     codes = []

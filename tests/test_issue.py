@@ -414,3 +414,19 @@ def test_parse_issue_never_raises(body: str, title: str) -> None:
     assert "\r" not in spec.text or "\r" in title
     for name in spec.inline_tests:
         assert name.endswith(".py")
+
+
+def test_default_names_avoid_named_test_paths() -> None:
+    body = (
+        "Tests: test_issue.py\n\n"
+        "```python\nfrom calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n```\n"
+    )
+    repo = {"test_issue.py": "from calc import sub\n\ndef test_sub():\n    ...\n"}
+    spec = parse_issue("calc", body)
+    assert list(spec.inline_tests) == ["test_issue_2.py"]
+    assert "(Tests: `test_issue_2.py`, shown below.)" in spec.text
+    task = build_task(spec, repo)
+    assert task.tests == {
+        "test_issue.py": repo["test_issue.py"],
+        "test_issue_2.py": spec.inline_tests["test_issue_2.py"],
+    }

@@ -120,12 +120,7 @@ def test_one_sandbox_serves_runs_in_fresh_directories(
 def test_timeout_kills_the_run_and_reports_timed_out(
     fake: FakeE2B, make: Callable[..., E2BSandbox]
 ) -> None:
-    hang = (
-        "import os, time\n\n"
-        "def test_hang():\n"
-        "    open('pid', 'w').write(str(os.getpid()))\n"
-        "    time.sleep(60)\n"
-    )
+    hang = "import time\n\ndef test_hang():\n    time.sleep(60)\n"
     sandbox = make(test_timeout=2)
 
     result = sandbox.run_tests({"test_hang.py": hang})
@@ -133,8 +128,9 @@ def test_timeout_kills_the_run_and_reports_timed_out(
     assert result.timed_out and not result.ok
     assert result.exit_code == 137
     assert 2 <= result.duration < 10
-    pid = int((run_dir_on_host(fake) / "pid").read_text())
-    assert not pid_alive(pid)  # killed in the sandbox, not just abandoned by the client
+    # Killed in the sandbox, not just abandoned by the client.
+    assert not pid_alive(fake.starts[0].pid)
+    assert fake.sandboxes[fake.starts[0].sandbox_id].live_processes() == []
 
 
 def test_reconnects_by_id_after_our_process_crashed(
@@ -202,11 +198,15 @@ def test_creation_retries_5xx_and_429(
     fake: FakeE2B, make: Callable[..., E2BSandbox], sleeps: list[float]
 ) -> None:
     fake.create_faults = [500, 429, 503]
-    sandbox = make(create_attempts=4, backoff=1.0, backoff_max=2.0)
+    sandbox = make(
+        create_attempts=4, backoff=1.0, backoff_max=2.0, sandbox_timeout=120, template="tdd-py"
+    )
 
     sandbox_id = sandbox.start()
 
     assert fake.created() == [sandbox_id]
+    assert fake.create_requests[-1]["timeout"] == 120
+    assert fake.create_requests[-1]["templateID"] == "tdd-py"
     assert len(fake.create_requests) == 4
     assert len(set(fake.create_keys)) == 1 and fake.create_keys[0]  # one idempotency key
     assert len(sleeps) == 3 and all(0 < s <= 2.0 for s in sleeps)
@@ -257,6 +257,17 @@ def test_close_kills_the_sandbox_once(fake: FakeE2B, make: Callable[..., E2BSand
     assert fake.calls.count(f"DELETE /sandboxes/{sandbox_id}") == 1
     with pytest.raises(SandboxError, match="closed"):
         sandbox.run_tests(PASSING)
+
+
+def test_close_kills_a_journaled_sandbox_even_if_unused(
+    fake: FakeE2B, make: Callable[..., E2BSandbox]
+) -> None:
+    old = fake.add_sandbox(access_token="token")
+
+    make(sandbox_id=old.sandbox_id).close()
+
+    assert fake.alive() == []
+    assert fake.calls == [f"DELETE /sandboxes/{old.sandbox_id}"]
 
 
 def test_close_without_a_sandbox_does_nothing(

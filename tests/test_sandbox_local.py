@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import socket
+import sys
 import textwrap
 import threading
 import time
@@ -24,7 +25,7 @@ import pytest
 
 from bot.errors import SandboxUnavailable
 from bot.sandbox.base import Sandbox, TestResult
-from bot.sandbox.local import GiB, KiB, MiB, HeadTail, LocalSandbox, SandboxLimits, safe_relpath
+from bot.sandbox.local import GiB, HeadTail, KiB, LocalSandbox, MiB, SandboxLimits, safe_relpath
 from bot.sandbox.seccomp import (
     AF_VSOCK,
     EAFNOSUPPORT,
@@ -325,7 +326,7 @@ def test_writes_outside_the_workdir_fail(sandbox_for, tmp_path):
 
         @pytest.mark.parametrize("path", [
             "/usr/evil", "/etc/evil", "/evil", "/root/evil", "/run/tdd/lib/evil",
-            "/proc/evil", {os.path.join(os.path.realpath(os.sys.prefix), "evil")!r},
+            "/proc/evil", {os.path.join(os.path.realpath(sys.prefix), "evil")!r},
         ])
         def test_cannot_write(path):
             with pytest.raises(OSError):
@@ -626,12 +627,14 @@ def test_run_dirs_are_removed(tmp_path):
 
 def fake_bwrap(tmp_path: Path, message: str) -> tuple[Path, Path]:
     calls = tmp_path / "calls"
+    said = tmp_path / "message"
+    said.write_text(message + "\n")
     script = tmp_path / "bwrap"
     script.write_text(
         "#!/bin/sh\n"
         'case "$1" in --help) echo "usage: bwrap"; exit 0;; esac\n'
         f'echo run >> "{calls}"\n'
-        f"echo '{message}' >&2\n"
+        f'cat "{said}" >&2\n'
         "exit 1\n"
     )
     script.chmod(0o755)

@@ -9,6 +9,7 @@ make creation idempotent by looking for what they may already have created.
 from __future__ import annotations
 
 import base64
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from githubkit.typing import RetryOption
 
 from bot.errors import GitHubError
 
+log = logging.getLogger("tdd_agent.github")
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
 # githubkit sends X-GitHub-Api-Version 2026-03-10, the version its bundled models describe;
 # we keep that on purpose so that responses and models agree.
@@ -210,6 +212,16 @@ class RepoApi:
     def react(
         self, issue_number: int, content: str = "eyes", *, comment_id: int | None = None
     ) -> None:
+        """Acknowledge with a reaction; best effort (the comment may be gone already)."""
+        try:
+            self._react(issue_number, content, comment_id)
+        except RequestFailed as exc:
+            if exc.response.status_code >= 500 or exc.response.status_code in (403, 404, 410):
+                log.warning("could not add a reaction: %s", message_of(exc))
+                return
+            raise
+
+    def _react(self, issue_number: int, content: str, comment_id: int | None) -> None:
         # Reactions are idempotent on GitHub's side (200 for an existing one).
         if comment_id:
             self.gh.rest.reactions.create_for_issue_comment(

@@ -172,7 +172,15 @@ def _solve_and_publish(
     sandbox = services.sandbox()
     try:
         outcome = execute(
-            RunRequest(run_id=run_id, task=task, source="github"),
+            RunRequest(
+                run_id=run_id,
+                task=task,
+                source="github",
+                # An existing target module is the starting point the model edits.
+                initial_files={task.target: repo_files[task.target]}
+                if task.target in repo_files
+                else None,
+            ),
             client=services.redis,
             model=services.model(),
             sandbox=sandbox,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -663,6 +664,15 @@ def seccomp_fd() -> Iterator[int]:
         os.close(read_end)
 
 
+def pytest_options() -> list[str]:
+    """The options after `python -m pytest` in the shared invocation."""
+    args = pytest_args("python")
+    start = args.index("-m")
+    if args[start + 1] != "pytest":
+        raise RuntimeError(f"unexpected pytest invocation: {args}")
+    return args[start + 2 :]
+
+
 # ---------------------------------------------------------------------------------------
 # Availability probe: once per (bwrap, python, uid mode), cached for the process.
 #
@@ -703,14 +713,35 @@ def pycache_binds(pycache: str | None) -> tuple[list[Bind], dict[str, str]]:
     return [Bind("--ro-bind", pycache, IN_PYCACHE)], {"PYTHONPYCACHEPREFIX": IN_PYCACHE}
 
 
-def _run_probe(host: HostSetup, limits: SandboxLimits, temp_root: str | None) -> ProbeResult:
-    # A 0700 parent keeps other host users away while the cache dir is world-writable.
-    parent = Path(tempfile.mkdtemp(prefix="tdd-pycache-", dir=temp_root))
-    atexit.register(shutil.rmtree, parent, True)
-    cache = parent / "cache"
-    cache.mkdir()
+def bytecode_cache_dir(host: HostSetup) -> Path:
+    """The host dir for the probe's bytecode, reused by later processes of this user."""
+    key = hashlib.sha256(
+        "\0".join([os.path.realpath(host.python), *host.ro_roots, str(host.as_root)]).encode()
+    ).hexdigest()[:16]
+    root = Path(tempfile.gettempdir()) / f"tdd-agent-pycache-{os.geteuid()}"
+    with contextlib.suppress(FileExistsError):
+        root.mkdir(mode=0o700)
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        # Not ours or not private (another user planted it): never trust its bytecode.
+        root = Path(tempfile.mkdtemp(prefix="tdd-agent-pycache-"))
+        atexit.register(shutil.rmtree, root, True)
+    cache = root / key
+    cache.mkdir(exist_ok=True)
+    # The probe's uid writes here; the 0700 parent keeps everyone else out.
     cache.chmod(0o777)
-    command = [arg for arg in pytest_args(host.python) if arg != "-B"] + ["--collect-only"]
+    return cache
+
+
+def _run_probe(host: HostSetup, limits: SandboxLimits, temp_root: str | None) -> ProbeResult:
+    cache = bytecode_cache_dir(host)
+    # umask 0: dirs the probe creates stay writable for the next probe, which runs as another
+    # per-run uid. Real runs only ever see the cache read-only.
+    boot = (
+        "import os, runpy, sys; os.umask(0); "
+        "runpy.run_module('pytest', run_name='__main__', alter_sys=True)"
+    )
+    command = [host.python, "-c", boot, *pytest_options(), "--collect-only"]
     outcome = run_in_sandbox(
         host,
         limits=replace(limits, wall_seconds=PROBE_TIMEOUT),
@@ -720,7 +751,6 @@ def _run_probe(host: HostSetup, limits: SandboxLimits, temp_root: str | None) ->
         extra_binds=[Bind("--bind", str(cache), IN_PYCACHE)],
         extra_env={"PYTHONPYCACHEPREFIX": IN_PYCACHE, "PYTHONDONTWRITEBYTECODE": ""},
     )
-    cache.chmod(0o755)
     if outcome.setup_failed:
         return ProbeResult(str(unavailable_from_bwrap(outcome.capture.text())), None)
     try:

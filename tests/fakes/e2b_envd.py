@@ -97,6 +97,18 @@ class FakeSandbox:
         parts = value.split(os.pathsep)
         return os.pathsep.join(str(self.host_path(p)) if p.startswith("/") else p for p in parts)
 
+    def live_processes(self) -> list[int]:
+        """Host pids still running inside this sandbox's disk (by working directory)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                cwd = Path(os.readlink(entry / "cwd"))
+            except OSError:
+                continue
+            if cwd.is_relative_to(self.root) and pid_alive(int(entry.name)):
+                pids.append(int(entry.name))
+        return pids
+
     def kill_all(self) -> None:
         for proc in list(self.processes.values()):
             kill_tree(proc.pid, signal.SIGKILL)

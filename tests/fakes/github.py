@@ -329,7 +329,7 @@ class FakeGitHub:
         self._rate_used: dict[str, int] = {}
         self._calls: list[Call] = []
         self._injections: list[Injection] = []
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._url: str | None = None
         self.errors: list[str] = []
         self._thread: threading.Thread | None = None
@@ -345,11 +345,8 @@ class FakeGitHub:
         """Bind a free port on 127.0.0.1 and serve in a background thread."""
         if self._server is not None:
             return self
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _RequestHandler)
-        # Joined in stop(); every response closes its connection, so threads end promptly.
-        server.daemon_threads = False
-        server.block_on_close = True
-        server.fake = self  # type: ignore[attr-defined]
+        server = _Server(("127.0.0.1", 0), _RequestHandler)
+        server.fake = self
         self._stopping.clear()
         self._server = server
         # Kept after stop() so state readers can still render URLs.
@@ -410,6 +407,9 @@ class FakeGitHub:
         inst = self.installation_id if installation_id is None else installation_id
         with self._lock:
             self._user_id(owner, owner_type)
+            # An installation belongs to the account of the first repository seeded into it.
+            if not any(r.installation_id == inst for r in self._repos.values()):
+                self._installations[inst] = owner
             repo = _Repo(
                 id=next(self._ids),
                 owner=owner,
@@ -421,7 +421,6 @@ class FakeGitHub:
             )
             repo.roles[owner] = "admin"
             self._repos[full_name.lower()] = repo
-            self._installations.setdefault(inst, owner)
             tree = self._tree_from_flat(repo, self._flat_from_files(repo, files or {}))
             who = {"name": owner, "email": f"{owner}@users.noreply.github.com"}
             sha = self._write_commit(repo, tree, [], "Initial commit", who, who, verified=False)
@@ -503,16 +502,19 @@ class FakeGitHub:
         """Seed a PR from an existing branch; returns its number."""
         with self._lock:
             r = self._get_repo(repo)
-            issue = self._create_pull(
-                r,
-                title=title,
-                head=head,
-                base=base or r.default_branch,
-                body=body,
-                draft=draft,
-                user=user or self.bot_login,
-                maintainer_can_modify=False,
-            )
+            try:
+                issue = self._create_pull(
+                    r,
+                    title=title,
+                    head=head,
+                    base=base or r.default_branch,
+                    body=body,
+                    draft=draft,
+                    user=user or self.bot_login,
+                    maintainer_can_modify=False,
+                )
+            except _HttpError as e:
+                raise ValueError(f"GitHub would refuse this PR: {e.reply.body}") from e
             if state == "closed":
                 issue.state = "closed"
                 issue.closed_at = self._clock()
@@ -2202,8 +2204,20 @@ class FakeGitHub:
         return _Reply(200, {"permission": legacy, "role_name": role, "user": collaborator})
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 drops SYNs under a burst of parallel calls, and the
+    # client's retransmit then costs a full second.
+    request_queue_size = 128
+    # Joined in stop(); every response closes its connection, so threads end promptly.
+    daemon_threads = False
+    block_on_close = True
+    fake: FakeGitHub
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
     """Hands every request to the owning FakeGitHub; one response per connection."""
+
+    server: _Server
 
     protocol_version = "HTTP/1.1"
     server_version = "github.com"
@@ -2212,7 +2226,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     timeout = 5
 
     def _handle(self) -> None:
-        self.server.fake._serve(self)  # type: ignore[attr-defined]
+        self.server.fake._serve(self)
 
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = _handle
 

@@ -1,0 +1,315 @@
+"""End to end, Probot-style: the real web app (uvicorn) and a real RQ worker process, the
+fake GitHub and fake Groq on loopback, a real sandbox running pytest."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from bot.config import load_settings
+from bot.github.webhooks import sign
+from bot.web import create_app
+from tests.fakes import groq as g
+from tests.fakes.github import FakeGitHub
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
+SECRET = "e2e-webhook-secret"
+REPO = "octo/demo"
+ISSUE_BODY = """\
+We need tiny calculator helpers for the billing script.
+
+```python
+from calc import add, sub
+
+
+def test_add():
+    assert add(2, 3) == 5
+
+
+def test_sub():
+    assert sub(5, 3) == 2
+```
+
+Target: calc.py
+"""
+GOOD = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
+HALF = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a + b\n"
+
+
+def write(content: str) -> g.Reply:
+    return g.tool_call("write_file", {"path": "calc.py", "content": content})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    github: FakeGitHub
+    groq: g.FakeGroq
+    web_url: str
+    env: dict[str, str]
+    redis: redis.Redis
+
+    def deliver(
+        self, event: str, payload: dict[str, Any], delivery: str | None = None
+    ) -> httpx.Response:
+        body = json.dumps(payload).encode()
+        headers = {
+            "X-GitHub-Event": event,
+            "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+            "X-Hub-Signature-256": sign(body, SECRET),
+            "Content-Type": "application/json",
+        }
+        return httpx.post(f"{self.web_url}/api/github/webhooks", content=body, headers=headers)
+
+    def work(self) -> subprocess.CompletedProcess[str]:
+        """Run an RQ worker process until the queue is empty."""
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rq.cli",
+                "worker",
+                "tdd-agent",
+                "--burst",
+                "--url",
+                self.env["REDIS_URL"],
+            ],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+
+def labeled_payload(issue_number: int) -> dict[str, Any]:
+    data = json.loads((FIXTURES / "issues__labeled.payload.json").read_text())
+    data["label"]["name"] = "agent:tdd"
+    data["issue"]["number"] = issue_number
+    data["repository"]["name"] = "demo"
+    data["repository"]["full_name"] = REPO
+    data["repository"]["owner"]["login"] = "octo"
+    data["sender"]["login"] = "alice"
+    data["installation"] = {"id": 1, "node_id": "MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9uMQ=="}
+    return data
+
+
+def comment_payload(stack: Stack, pr_number: int, body: str, user: str) -> dict[str, Any]:
+    """The webhook GitHub sends for a new comment, seeded in the fake as it would exist."""
+    data = json.loads((FIXTURES / "issue_comment__created.payload.json").read_text())
+    data["issue"]["number"] = pr_number
+    data["issue"]["pull_request"] = {
+        "url": f"https://api.github.com/repos/{REPO}/pulls/{pr_number}",
+        "html_url": f"https://github.com/{REPO}/pull/{pr_number}",
+    }
+    data["comment"]["body"] = body
+    data["comment"]["id"] = stack.github.add_comment(REPO, pr_number, body=body, user=user)
+    data["comment"]["user"]["login"] = user
+    data["comment"]["user"]["type"] = "User"
+    data["repository"]["name"] = "demo"
+    data["repository"]["full_name"] = REPO
+    data["repository"]["owner"]["login"] = "octo"
+    data["installation"] = {"id": 1}
+    return data
+
+
+@pytest.fixture
+def stack(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Iterator[Stack]:
+    github = FakeGitHub().start()
+    groq = g.FakeGroq().start()
+    github.add_repo(REPO, files={"README.md": "# demo\n", "billing.py": "RATE = 3\n"})
+    github.add_issue(REPO, number=1, title="Add calculator helpers", body=ISSUE_BODY, user="alice")
+    github.set_permission(REPO, "alice", "write")
+    github.set_permission(REPO, "bob", "read")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "REDIS_URL": redis_url,
+        "APP_ID": str(github.app_id),
+        "PRIVATE_KEY": _pem(),
+        "WEBHOOK_SECRET": SECRET,
+        "GITHUB_API_URL": github.url,
+        "GROQ_API_KEY": "gsk_e2e",
+        "GROQ_BASE_URL": groq.url,
+        "MAX_ITERATIONS": "4",
+        "LEASE_SECONDS": "2",
+    }
+    settings = load_settings({"WEBHOOK_SECRET": SECRET, "REDIS_URL": redis_url})
+    app = create_app(settings, redis_client=redis.Redis.from_url(redis_url))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield Stack(github, groq, f"http://127.0.0.1:{port}", env, redis_client)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+        github.stop()
+        groq.stop()
+
+
+def _pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def repo_writes(stack: Stack) -> list[tuple[str, str]]:
+    return [
+        (c.method, c.path.replace(f"/repos/{REPO}", ""))
+        for c in stack.github.calls
+        if c.method != "GET" and c.path.startswith(f"/repos/{REPO}")
+    ]
+
+
+def test_labeled_issue_becomes_a_pull_request_with_every_iteration(stack: Stack) -> None:
+    stack.groq.script(write(HALF), write(GOOD))
+    assert stack.deliver("issues", labeled_payload(1)).status_code == 202
+    stack.work()
+
+    gh = stack.github
+    writes = repo_writes(stack)
+    kinds = [path.split("/")[1] for _, path in writes]
+    # The order a maintainer sees: 👀, a progress comment kept up to date, one commit
+    # (tree → commit → ref), the PR, the check run, the final progress edit.
+    assert writes[0] == ("POST", "/issues/1/reactions")
+    assert writes[1] == ("POST", "/issues/1/comments")
+    git = [w for w in writes if w[1].startswith("/git/")]
+    assert [m for m, _ in git] == ["POST", "POST", "POST"]
+    assert [p.split("/")[2] for _, p in git] == ["trees", "commits", "refs"]
+    assert (
+        writes.index(git[-1])
+        < writes.index(("POST", "/pulls"))
+        < writes.index(("POST", "/check-runs"))
+    )
+    assert writes[-1][0] == "PATCH" and writes[-1][1].startswith("/issues/comments/")
+    assert kinds.count("pulls") == 1
+
+    branch = "agent-tdd/issue-1"
+    files = gh.files_at(REPO, branch)
+    assert files["calc.py"] == GOOD
+    assert files["billing.py"] == "RATE = 3\n", "the commit builds on the default branch"
+    head = gh.ref_sha(REPO, branch)
+    base = gh.ref_sha(REPO, "main")
+    assert gh.commit(REPO, head)["parents"][0]["sha"] == base, "exactly one commit on top"
+
+    (pr,) = gh.pulls(REPO)
+    assert pr["head"]["ref"] == branch and pr["base"]["ref"] == "main"
+    assert pr["draft"] is False and pr["title"] == "Add calculator helpers"
+    body = pr["body"]
+    assert "Closes #1" in body
+    assert body.count("<details>") == 2
+    assert "1 passed, 1 failed" in body and "2 passed, 0 failed" in body
+
+    (check,) = gh.check_runs(REPO)
+    assert check["name"] == "tdd-agent / tests"
+    assert check["head_sha"] == head and check["conclusion"] == "success"
+
+    comments = gh.comments(REPO, 1)
+    progress = [c for c in comments if "tdd-agent:progress" in c["body"]]
+    assert len(progress) == 1, "one progress comment, edited in place"
+    assert "✅ Tests pass" in progress[0]["body"] and f"#{pr['number']}" in progress[0]["body"]
+    assert [r["content"] for r in gh.reactions(REPO)] == ["eyes"]
+    tokens = set(gh.issued_tokens())
+    assert tokens and not any(t in str(stack.groq.requests) for t in tokens), "no token in prompts"
+
+
+def test_retry_by_a_writer_updates_the_same_pull_request(stack: Stack) -> None:
+    stack.groq.script(write(HALF), write(HALF + "\n"), write(HALF + "\n\n"), write(HALF + "# x\n"))
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    (draft,) = stack.github.pulls(REPO)
+    assert draft["draft"] is True and "Closes #1" not in draft["body"]
+    progress = next(c for c in stack.github.comments(REPO, 1) if "tdd-agent:progress" in c["body"])
+    assert "Budget exhausted" in progress["body"] and "Last test output" in progress["body"]
+
+    stack.groq.script(write(GOOD))
+    response = stack.deliver(
+        "issue_comment",
+        comment_payload(stack, draft["number"], "/retry sub must subtract", "alice"),
+    )
+    assert response.status_code == 202
+    stack.work()
+
+    (pr,) = stack.github.pulls(REPO)
+    assert pr["number"] == draft["number"]
+    assert stack.github.files_at(REPO, "agent-tdd/issue-1")["calc.py"] == GOOD
+    assert "Closes #1" in pr["body"]
+    last_request = stack.groq.requests[-1]
+    assert "sub must subtract" in last_request.messages[1]["content"], "guidance joins the task"
+    pr_comments = [c["body"] for c in stack.github.comments(REPO, draft["number"])]
+    assert any("Retrying" in b and "sub must subtract" in b for b in pr_comments)
+    assert any("✅ Tests pass" in b for b in pr_comments)
+
+
+def test_retry_by_a_reader_is_refused(stack: Stack) -> None:
+    stack.groq.script(write(GOOD))
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    (pr,) = stack.github.pulls(REPO)
+    requests_before = len(stack.groq.requests)
+
+    stack.deliver("issue_comment", comment_payload(stack, pr["number"], "/retry", "bob"))
+    stack.work()
+    assert len(stack.groq.requests) == requests_before, "nothing ran"
+    replies = [c["body"] for c in stack.github.comments(REPO, pr["number"])]
+    assert any("Only people with write access" in b for b in replies)
+
+
+def test_duplicate_delivery_and_a_502_on_pr_creation_leave_one_pull_request(stack: Stack) -> None:
+    stack.groq.script(write(GOOD))
+    # GitHub creates the PR but the client sees a 502: the bot must find it, not repeat the POST.
+    stack.github.inject("POST", "/repos/{owner}/{repo}/pulls", status=502, after_apply=True)
+    first = stack.deliver("issues", labeled_payload(1), delivery="dup-1")
+    again = stack.deliver("issues", labeled_payload(1), delivery="dup-1")
+    assert (first.status_code, again.status_code) == (202, 200)
+    stack.work()
+
+    assert len(stack.github.pulls(REPO)) == 1
+    posts = stack.github.calls_to("POST", "/repos/{owner}/{repo}/pulls")
+    assert len(posts) == 1, "a POST that may have succeeded is never retried"
+    assert len(stack.groq.requests) == 1
+
+
+def test_an_issue_without_tests_gets_an_explanation(stack: Stack) -> None:
+    stack.github.add_issue(REPO, number=2, title="Make it faster", body="It is slow.", user="alice")
+    stack.deliver("issues", labeled_payload(2))
+    stack.work()
+    (comment,) = stack.github.comments(REPO, 2)
+    assert "```python" in comment["body"] and "agent:tdd" in comment["body"]
+    assert stack.groq.requests == [] and stack.github.pulls(REPO) == []
