@@ -345,8 +345,8 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     """Entry point; `environ` lets tests pass settings without touching os.environ."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    err = Console(stderr=True)
-    out = Console()
+    err = Console(stderr=True, soft_wrap=True)
+    out = Console(soft_wrap=True)
     try:
         if args.command == "solve":
             return cmd_solve(args, environ, err)

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # Sandbox
     sandbox: Literal["auto", "local", "e2b"] = "auto"
     e2b_api_key: SecretStr | None = None
+    # The template must provide python3 with pytest, and coreutils' timeout.
+    e2b_template: str = "base"
     test_timeout: float = 60.0
     warm_runner: bool = False
 

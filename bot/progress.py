@@ -29,7 +29,7 @@ class TerminalReporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def iteration_started(self, number: int, budget: Budget) -> None:
         if self.quiet or not self.console.is_terminal:

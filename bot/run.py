@@ -15,7 +15,7 @@ from bot.agent.steps import JournaledSteps
 from bot.config import Settings
 from bot.errors import JournalMismatch, LeaseLost
 from bot.journal import RunJournal, digest
-from bot.sandbox.base import Sandbox
+from bot.sandbox.base import RemoteSandbox, Sandbox
 
 
 def budget_from(settings: Settings) -> Budget:
@@ -60,6 +60,12 @@ def execute(
         recorded = journal.recorded_steps
         if recorded and on_resume is not None:
             on_resume(recorded)
+        if isinstance(sandbox, RemoteSandbox):
+            # Recorded so that a resumed run reattaches to the same remote sandbox.
+            prior = journal.get_meta("sandbox_id")
+            if prior:
+                sandbox.attach(prior)
+            journal.set_meta(sandbox_id=sandbox.start())
         started = time.time()
         journal.set_meta(
             status="running",

@@ -31,7 +31,9 @@ def write(content: str) -> g.Reply:
     return g.tool_call("write_file", {"path": "calc.py", "content": content})
 
 
-def start_cli(tmp_path: Path, fake: g.FakeGroq, redis_url: str, run_id: str) -> subprocess.Popen:
+def start_cli(
+    tmp_path: Path, fake: g.FakeGroq, redis_url: str, run_id: str, lease: float = 1.0
+) -> subprocess.Popen:
     tests = tmp_path / "test_calc.py"
     tests.write_text(SLOW_TESTS)
     env = {
@@ -40,7 +42,7 @@ def start_cli(tmp_path: Path, fake: g.FakeGroq, redis_url: str, run_id: str) -> 
         "GROQ_API_KEY": "gsk_test",
         "GROQ_BASE_URL": fake.url,
         "REDIS_URL": redis_url,
-        "LEASE_SECONDS": "1",
+        "LEASE_SECONDS": str(lease),
         "MAX_ITERATIONS": "4",
     }
     cmd = [
@@ -78,16 +80,18 @@ def test_killed_mid_sandbox_step_resumes_without_repeating_finished_turns(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
     with g.FakeGroq([write(WRONG), write(RIGHT)]) as fake:
-        first = start_cli(tmp_path, fake, redis_url, "durable-1")
+        # A lease longer than start-up, so the second process visibly waits for it to lapse.
+        first = start_cli(tmp_path, fake, redis_url, "durable-1", lease=4)
         # Steps: 1 model, 2 sandbox (red), 3 model, 4 sandbox: kill while 4 is running.
         wait_for_step(redis_client, "durable-1", 4, "started")
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert len(fake.requests) == 2
 
-        second = start_cli(tmp_path, fake, redis_url, "durable-1")
+        second = start_cli(tmp_path, fake, redis_url, "durable-1", lease=4)
         _, err = second.communicate(timeout=60)
         assert second.returncode == 0, err
+        assert "waiting for its lease to lapse" in err
         assert "resuming durable-1: 4 recorded steps replay" in err
 
         assert len(fake.requests) == 2, "finished model turns were replayed, not re-requested"
@@ -114,7 +118,6 @@ def test_a_stale_lease_holder_is_fenced_off(
             fresh = start_cli(tmp_path, fake, redis_url, "fenced-1")
             _, err = fresh.communicate(timeout=60)
             assert fresh.returncode == 0, err
-            assert "waiting for its lease to lapse" in err
         finally:
             stale.send_signal(signal.SIGCONT)
         _, stale_err = stale.communicate(timeout=60)

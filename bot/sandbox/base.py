@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 # A workspace is the candidate files plus the test files, as relative path -> text.
 Workspace = dict[str, str]
@@ -77,4 +77,17 @@ class Sandbox(Protocol):
 
     def close(self) -> None:
         """Release whatever the backend holds (processes, remote sandboxes)."""
+        ...
+
+
+@runtime_checkable
+class RemoteSandbox(Sandbox, Protocol):
+    """A backend with a long-lived remote machine a resumed run can reattach to."""
+
+    def attach(self, sandbox_id: str) -> None:
+        """Use this existing sandbox (if still alive) instead of creating one."""
+        ...
+
+    def start(self) -> str:
+        """Create or reattach now; returns the id to record in the journal."""
         ...

@@ -136,6 +136,11 @@ class E2BSandbox:
         """The sandbox in use (None before the first run); journal it to reattach later."""
         return self._sandbox_id
 
+    def attach(self, sandbox_id: str) -> None:
+        """Reattach to `sandbox_id` (from a resumed run's journal) on first use, if alive."""
+        if self._sbx is None:
+            self._sandbox_id = sandbox_id
+
     def start(self) -> str:
         """Create or reattach the sandbox now rather than on the first run; returns its id."""
         return self._ensure().sandbox_id

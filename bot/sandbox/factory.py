@@ -14,7 +14,7 @@ def backend_name(settings: Settings) -> str:
     return settings.sandbox
 
 
-def build_sandbox(settings: Settings, *, e2b_sandbox_id: str | None = None) -> Sandbox:
+def build_sandbox(settings: Settings) -> Sandbox:
     name = backend_name(settings)
     if name == "e2b":
         if settings.e2b_api_key is None or not settings.e2b_api_key.get_secret_value():
@@ -24,10 +24,11 @@ def build_sandbox(settings: Settings, *, e2b_sandbox_id: str | None = None) -> S
             )
         from bot.sandbox.e2b import E2BSandbox
 
-        return E2BSandbox(  # type: ignore[call-arg]
+        return E2BSandbox(
             api_key=settings.e2b_api_key.get_secret_value(),
-            sandbox_id=e2b_sandbox_id,
-            lifetime=settings.max_wall_seconds + 120,
+            template=settings.e2b_template,
+            # The sandbox never outlives the run's wall budget by much, even if we die.
+            sandbox_timeout=int(settings.max_wall_seconds + 300),
             test_timeout=settings.test_timeout,
         )
     from bot.sandbox.local import LocalSandbox, SandboxLimits

@@ -1,0 +1,151 @@
+"""`tdd-agent` in-process: arguments, exit codes, output, and the embedded Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from tests.fakes import groq as g
+
+TESTS = (
+    "from calc import add\n\n"
+    "def test_add():\n    assert add(2, 3) == 5\n\n"
+    "def test_zero():\n    assert add(0, 0) == 0\n"
+)
+GOOD = "def add(a, b):\n    return a + b\n"
+BAD = "def add(a, b):\n    return a * b\n"
+
+
+@pytest.fixture
+def fake() -> Iterator[g.FakeGroq]:
+    with g.FakeGroq() as server:
+        yield server
+
+
+def env(fake: g.FakeGroq, redis_url: str | None, tmp_path: Path, **extra: str) -> dict[str, str]:
+    values = {
+        "GROQ_API_KEY": "gsk_test",
+        "GROQ_BASE_URL": fake.url,
+        "DATA_DIR": str(tmp_path / "data"),
+    }
+    if redis_url:
+        values["REDIS_URL"] = redis_url
+    values.update(extra)
+    return values
+
+
+def write(content: str) -> g.Reply:
+    return g.tool_call("write_file", {"path": "calc.py", "content": content})
+
+
+def test_missing_api_key_says_where_to_get_one(tmp_path, capsys) -> None:
+    (tmp_path / "test_calc.py").write_text(TESTS)
+    code = main(["solve", "--task", "add", "--tests", str(tmp_path / "test_calc.py")], environ={})
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "GROQ_API_KEY is not set" in err and "console.groq.com/keys" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["solve", "--tests", "missing.py", "--task", "x"], "cannot read tests file"),
+        (["solve", "--input", "{not json"], "--input is not valid JSON"),
+        (["solve", "--input", '{"task": "x", "tests": 3}'], '"tests" must be pytest source'),
+        (["solve", "--input", '{"task": "x", "tests": "def test_a(): pass"}'], "pass --target"),
+        (["solve", "--task", "x"], "at least one pytest file"),
+    ],
+)
+def test_usage_errors_exit_2_with_the_fix(argv, message, capsys, tmp_path, fake) -> None:
+    assert main(argv, environ=env(fake, None, tmp_path)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_solve_from_json_input_writes_the_code_and_prints_json(
+    tmp_path, fake, redis_url, redis_client, capsys
+) -> None:
+    fake.script(write(BAD), write(GOOD))
+    out = tmp_path / "out"
+    payload = json.dumps({"task": "Write add(a, b).", "tests": TESTS})
+    code = main(
+        ["solve", "--input", payload, "--out", str(out), "--json", "--run-id", "cli-1"],
+        environ=env(fake, redis_url, tmp_path),
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert (out / "calc.py").read_text() == GOOD
+    result = json.loads(captured.out)
+    assert result["outcome"] == "passed" and result["run_id"] == "cli-1"
+    assert [it["tests"]["passed"] for it in result["iterations"]] == [1, 2]
+    assert "target calc.py (inferred from the tests' imports" in captured.err
+    assert "[1/8] write_file calc.py" in captured.err and "[passed]" in captured.err
+
+    assert main(["runs"], environ=env(fake, redis_url, tmp_path)) == 0
+    listing = capsys.readouterr().out
+    assert "cli-1" in listing and "passed" in listing
+    assert main(["runs", "show", "cli-1"], environ=env(fake, redis_url, tmp_path)) == 0
+    shown = capsys.readouterr().out
+    assert "sandbox" in shown and "write_file calc.py" in shown and "failing" in shown
+    assert main(["runs", "show", "nope"], environ=env(fake, redis_url, tmp_path)) == 2
+
+
+def test_budget_exhausted_exits_1_and_keeps_the_best_candidate(
+    tmp_path, fake, redis_url, redis_client, capsys
+) -> None:
+    fake.script(write(BAD), write("def add(a, b):\n    return 7\n"))
+    (tmp_path / "test_calc.py").write_text(TESTS)
+    code = main(
+        [
+            "solve",
+            "--task",
+            "add",
+            "--tests",
+            str(tmp_path / "test_calc.py"),
+            "--out",
+            str(tmp_path / "o"),
+            "--max-iterations",
+            "2",
+        ],
+        environ=env(fake, redis_url, tmp_path),
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "budget exhausted: iterations (2/2)" in err
+    assert "last test output" in err
+    # `a * b` passes test_zero (1 of 2); `7` passes none: the first is the best candidate.
+    assert (tmp_path / "o" / "calc.py").read_text() == BAD
+
+
+def test_embedded_redis_keeps_the_journal_across_invocations(tmp_path, fake, capsys) -> None:
+    fake.script(write(GOOD))
+    (tmp_path / "test_calc.py").write_text(TESTS)
+    argv = [
+        "solve",
+        "--task",
+        "add",
+        "--tests",
+        str(tmp_path / "test_calc.py"),
+        "--out",
+        str(tmp_path / "o"),
+        "--run-id",
+        "embedded-1",
+    ]
+    environ = env(fake, None, tmp_path)
+    try:
+        assert main(argv, environ=environ) == 0
+        assert len(fake.requests) == 1
+        # The same run again: everything replays from the embedded Redis, no model call.
+        assert main(argv, environ=environ) == 0
+        assert len(fake.requests) == 1
+        assert "resuming embedded-1: 2 recorded steps replay" in capsys.readouterr().err
+        assert (tmp_path / "data" / "appendonly.aof").exists()
+    finally:
+        pid_file = tmp_path / "data" / "redis.pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
