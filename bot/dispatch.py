@@ -11,8 +11,9 @@ from bot.config import Settings
 from bot.github.webhooks import Action, RetryRun, StartRun
 
 # A worker killed mid-run makes RQ run the job again (same id, same run id), and the run
-# resumes from its journal. Intervals need the worker's scheduler (`--with-scheduler`).
-JOB_RETRY = Retry(max=3, interval=[5, 30, 60])
+# resumes from its journal. No interval on purpose: an interval needs RQ's scheduler, whose
+# lock a dead worker keeps for minutes; the journal's lease already spaces the attempts.
+JOB_RETRY = Retry(max=3)
 
 
 def _slug(text: str) -> str:

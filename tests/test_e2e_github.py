@@ -3,6 +3,7 @@ fake GitHub and fake Groq on loopback, a real sandbox running pytest."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -313,3 +314,147 @@ def test_an_issue_without_tests_gets_an_explanation(stack: Stack) -> None:
     (comment,) = stack.github.comments(REPO, 2)
     assert "```python" in comment["body"] and "agent:tdd" in comment["body"]
     assert stack.groq.requests == [] and stack.github.pulls(REPO) == []
+
+
+def test_a_second_trigger_while_a_run_is_active_gets_a_comment(stack: Stack) -> None:
+    # Another run holds the issue (its worker is busy elsewhere): this trigger must not start.
+    stack.redis.set(f"tdd:active:{REPO}#1", "issue-octo-demo-1-other", ex=60)
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    (comment,) = stack.github.comments(REPO, 1)
+    assert "already working on this" in comment["body"]
+    assert stack.groq.requests == [] and stack.github.pulls(REPO) == []
+
+
+def test_rate_limits_are_waited_out_without_duplicate_comments(stack: Stack) -> None:
+    stack.groq.script(write(GOOD))
+    # A secondary rate limit (403 + retry-after) on the first comment POST: nothing was
+    # created, so the bot waits and posts once.
+    stack.github.inject("POST", "/repos/{owner}/{repo}/issues/{number}/comments", status=403)
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    progress = [c for c in stack.github.comments(REPO, 1) if "tdd-agent:progress" in c["body"]]
+    assert len(progress) == 1 and "✅ Tests pass" in progress[0]["body"]
+    statuses = [
+        c.status
+        for c in stack.github.calls_to("POST", "/repos/{owner}/{repo}/issues/{number}/comments")
+    ]
+    assert statuses == [403, 201]
+    assert len(stack.github.pulls(REPO)) == 1
+
+
+def test_installation_tokens_never_reach_the_journal(stack: Stack) -> None:
+    stack.groq.script(write(GOOD))
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    tokens = set(stack.github.issued_tokens())
+    assert tokens
+    stored = b"".join((stack.redis.dump(key) or b"") for key in stack.redis.scan_iter("tdd:*"))
+    assert stored and not any(t.encode() in stored for t in tokens)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (RQ's work-horse has its own session)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    todo, victims = [pid], []
+    while todo:
+        current = todo.pop()
+        victims.append(current)
+        todo.extend(children.get(current, []))
+    for victim in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, 9)
+
+
+SLOW_ISSUE_BODY = ISSUE_BODY.replace(
+    "def test_add():\n", "def test_add():\n    import time\n\n    time.sleep(1.5)\n"
+)
+
+
+def test_a_worker_killed_mid_run_resumes_from_the_journal(stack: Stack) -> None:
+    from rq import Queue
+    from rq.registry import StartedJobRegistry
+
+    from bot.journal import load_run
+
+    stack.github.add_issue(
+        REPO, number=3, title="Slow calculator", body=SLOW_ISSUE_BODY, user="alice"
+    )
+    stack.groq.script(write(HALF), write(GOOD))
+    job_id = stack.deliver("issues", labeled_payload(3)).json()["queued"]
+
+    def worker() -> subprocess.Popen[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "rq.cli",
+            "worker",
+            "tdd-agent",
+            "--maintenance-interval",
+            "30",
+            "--job-monitoring-interval",
+            "10",
+            "--url",
+            stack.env["REDIS_URL"],
+        ]
+        return subprocess.Popen(
+            cmd,
+            env=stack.env,
+            cwd=ROOT,
+            start_new_session=True,
+            text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def wait(predicate: Any, what: str, timeout: float = 60) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def step_started(seq: int) -> bool:
+        loaded = load_run(stack.redis, job_id)
+        return bool(loaded and any(s.seq == seq and s.status == "started" for s in loaded[1]))
+
+    first = worker()
+    try:
+        wait(lambda: step_started(4), "the second sandbox run")
+    finally:
+        kill_tree(first.pid)  # the worker and its work-horse die mid-step
+        first.wait()
+    assert len(stack.groq.requests) == 2
+
+    # RQ's maintenance finds the job once its heartbeat expires (~70 s with the Procfile's
+    # settings); run that same cleanup with the clock moved past the expiry.
+    queue = Queue("tdd-agent", connection=stack.redis)
+    StartedJobRegistry(queue=queue).cleanup(timestamp=time.time() + 3600)
+
+    second = worker()
+    try:
+        wait(lambda: stack.github.pulls(REPO), "the pull request", timeout=90)
+    finally:
+        kill_tree(second.pid)
+        second.wait()
+
+    assert len(stack.groq.requests) == 2, "finished model turns were replayed"
+    _, steps = load_run(stack.redis, job_id) or ({}, [])
+    assert [(s.kind, s.attempt) for s in steps] == [
+        ("model", 1),
+        ("sandbox", 1),
+        ("model", 1),
+        ("sandbox", 2),
+    ]
+    (pr,) = stack.github.pulls(REPO)
+    assert "Closes #3" in pr["body"]
+    assert stack.github.files_at(REPO, "agent-tdd/issue-3")["calc.py"] == GOOD

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import random
+import secrets
 import selectors
 import shutil
 import signal
@@ -36,10 +37,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path, PurePosixPath
 
-from bot.errors import SandboxUnavailable
+from bot.errors import SandboxError, SandboxUnavailable
 from bot.sandbox.base import TestResult, Workspace
 from bot.sandbox.pytest_run import (
     PLUGIN_MODULE,
@@ -105,25 +106,18 @@ class SandboxLimits:
     wall_seconds: float = 60.0  # seconds; SIGKILLs everything and sets timed_out
     memory_bytes: int = 2 * GiB  # RLIMIT_AS per process (pytest itself needs ~40 MiB)
     cpu_seconds: int = 60  # RLIMIT_CPU per process
-    processes: int = 128  # RLIMIT_NPROC for the sandbox uid (threads count too)
+    # RLIMIT_NPROC, threads included. As root each run has its own uid, so this is the
+    # run's budget; not as root it counts all of the caller's processes on the host.
+    processes: int = 128
     file_size_bytes: int = 64 * MiB  # RLIMIT_FSIZE: largest file a run may write
     open_files: int = 256  # RLIMIT_NOFILE
     output_cap: int = 64 * KiB  # bytes of stdout+stderr kept (head and tail)
     tmpfs_bytes: int = 256 * MiB  # size of /tmp and of /dev/shm
 
     def __post_init__(self) -> None:
-        for name in (
-            "wall_seconds",
-            "memory_bytes",
-            "cpu_seconds",
-            "processes",
-            "file_size_bytes",
-            "open_files",
-            "output_cap",
-            "tmpfs_bytes",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"SandboxLimits.{name} must be positive")
+        for field in fields(self):
+            if getattr(self, field.name) <= 0:
+                raise ValueError(f"SandboxLimits.{field.name} must be positive")
 
     def prlimit_args(self) -> list[str]:
         """`prlimit` options setting soft and hard limits (hard: nothing can raise them)."""
@@ -249,6 +243,77 @@ class UidLease:
 
 
 # ---------------------------------------------------------------------------------------
+# Run dirs that a killed worker cannot leak for long.
+
+RUN_DIR_PREFIXES = ("tdd-sandbox-", "tdd-warm-")
+
+
+def _dir_lock_name(name: str) -> str:
+    return f"\0tdd-agent-dir-{name}"
+
+
+class RunDir:
+    """A private temp dir, marked live by an abstract unix socket until `remove()`.
+
+    A worker killed mid-run cannot remove its dir; the kernel frees the socket name when
+    the worker dies, and the next sandbox created on the machine removes the dir
+    (`sweep_stale_dirs`). The name is reserved before the dir exists, so a sweep never
+    sees a live dir unlocked.
+    """
+
+    def __init__(self, prefix: str, temp_root: str | None) -> None:
+        root = temp_root or tempfile.gettempdir()
+        error: OSError | None = None
+        for _ in range(100):
+            name = prefix + secrets.token_hex(8)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(_dir_lock_name(name))
+                os.mkdir(os.path.join(root, name), 0o700)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            self.path = Path(root, name)
+            self._sock: socket.socket | None = sock
+            return
+        raise SandboxError(f"cannot create a run dir in {root}: {error}")
+
+    def remove(self) -> None:
+        if self._sock is not None:
+            remove_tree(self.path)
+            self._sock.close()
+            self._sock = None
+
+
+def sweep_stale_dirs(temp_root: str | None) -> None:
+    """Remove run dirs of dead processes (ours only: same owner, lock name free)."""
+    root = temp_root or tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(RUN_DIR_PREFIXES):
+            continue
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(_dir_lock_name(name))
+        except OSError:
+            sock.close()  # held: a live run owns it
+            continue
+        try:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+                remove_tree(Path(path))
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+
+# ---------------------------------------------------------------------------------------
 # Output capture, reports, process handling (shared with the warm runner).
 
 
@@ -315,8 +380,8 @@ def build_result(
 
     The plugin runs inside the same process as the code under test, so that code can
     overwrite the report (e.g. from an atexit hook). The exit code is the second witness:
-    a report whose `exitstatus` differs from the real exit code is discarded, and the run
-    counts as an error.
+    a report whose `exitstatus` is missing or differs from the real exit code is discarded,
+    and the run counts as an error.
     """
     output = capture.text()
     notes: dict[str, object] = dict(extra or {})
@@ -325,7 +390,7 @@ def build_result(
             claimed = json.loads(report_json).get("exitstatus")
         except (json.JSONDecodeError, AttributeError):
             claimed = None
-        if claimed is not None and claimed != exit_code:
+        if claimed != exit_code:
             notes["report_discarded"] = f"report says exit {claimed}, pytest exited {exit_code}"
             output += f"\n[sandbox: report discarded: {notes['report_discarded']}]"
             report_json = None
@@ -391,7 +456,11 @@ def pump_output(
         except subprocess.TimeoutExpired:
             timed_out = True
     kill_group(proc.pid)
-    return proc.wait(timeout=KILL_GRACE), True
+    try:
+        return proc.wait(timeout=KILL_GRACE), True
+    except subprocess.TimeoutExpired:
+        proc.kill()  # bwrap itself, should its group have changed
+        return proc.wait(), True
 
 
 def parse_status(data: bytes) -> list[dict[str, object]]:
@@ -614,17 +683,20 @@ def write_workspace(root: Path, workspace: Workspace, owner: int | None) -> None
     """Write the files under `root`, owned by the sandbox uid so tests may edit them."""
     for name, text in workspace.items():
         rel = safe_relpath(name)
-        path = root
-        for part in rel.parts[:-1]:
-            path = path / part
-            if not path.is_dir():
-                path.mkdir(mode=0o755)
-                if owner is not None:
-                    os.chown(path, owner, owner)
-        target = root / rel
-        target.write_text(text, encoding="utf-8")
-        if owner is not None:
-            os.chown(target, owner, owner)
+        try:
+            path = root
+            for part in rel.parts[:-1]:
+                path = path / part
+                if not path.is_dir():
+                    path.mkdir(mode=0o755)
+                    if owner is not None:
+                        os.chown(path, owner, owner)
+            target = root / rel
+            target.write_text(text, encoding="utf-8")
+            if owner is not None:
+                os.chown(target, owner, owner)
+        except OSError as exc:  # e.g. both "a" and "a/b.py" in one workspace
+            raise ValueError(f"cannot write workspace file {name!r}: {exc}") from exc
 
 
 def make_private_dir(path: Path, owner: int | None) -> Path:
@@ -635,18 +707,32 @@ def make_private_dir(path: Path, owner: int | None) -> Path:
 
 
 def remove_tree(path: Path) -> None:
-    """rmtree that also copes with dirs a test made unreadable (matters when not root)."""
+    """Remove a run's dir, also when the code under test made parts of it unreadable.
 
-    def fix(func: object, target: str, exc: object) -> None:
+    Modes are only ever changed strictly inside `path`: never on its parent, which is a
+    shared directory such as /tmp.
+    """
+    root = os.path.abspath(path)
+
+    def inside(target: str) -> bool:
+        return target.startswith(root + "/")
+
+    def retry(func: object, target: str, exc_info: object) -> None:
+        target = os.path.abspath(target)
+        if not (target == root or inside(target)):
+            return
         with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(target), 0o700)
+            parent = os.path.dirname(target)
+            if inside(parent) or parent == root:
+                os.chmod(parent, 0o700)
             if os.path.isdir(target) and not os.path.islink(target):
                 os.chmod(target, 0o700)
                 shutil.rmtree(target, ignore_errors=True)
             else:
                 os.unlink(target)
 
-    shutil.rmtree(path, onerror=fix)
+    if os.path.lexists(root):
+        shutil.rmtree(root, onerror=retry)
 
 
 @contextlib.contextmanager
@@ -792,7 +878,8 @@ def run_in_sandbox(
     lease = UidLease() if host.as_root else None
     owner = lease.uid if lease else os.getuid()
     chown_to = lease.uid if lease else None
-    tmp = Path(tempfile.mkdtemp(prefix="tdd-sandbox-", dir=temp_root))
+    run_dir = RunDir("tdd-sandbox-", temp_root)
+    tmp = run_dir.path
     try:
         work = make_private_dir(tmp / "work", chown_to)
         out = make_private_dir(tmp / "out", chown_to)
@@ -848,7 +935,7 @@ def run_in_sandbox(
             setup_failed=not timed_out and not any("child-pid" in s for s in status),
         )
     finally:
-        remove_tree(tmp)
+        run_dir.remove()
         if lease:
             lease.release()
 
@@ -877,6 +964,7 @@ class LocalSandbox:
         self.limits = limits or SandboxLimits()
         self.host = HostSetup.detect(bwrap=bwrap, python=python)
         self.temp_root = temp_root
+        sweep_stale_dirs(temp_root)
 
     def check(self) -> None:
         """Probe the sandbox once (cached per process); raise SandboxUnavailable if broken."""

@@ -27,13 +27,12 @@ import json
 import os
 import selectors
 import subprocess
-import tempfile
 import textwrap
 import threading
 import time
 import uuid
 import weakref
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from bot.errors import SandboxError
@@ -49,6 +48,7 @@ from bot.sandbox.local import (
     Bind,
     HeadTail,
     HostSetup,
+    RunDir,
     SandboxLimits,
     UidLease,
     build_result,
@@ -60,6 +60,7 @@ from bot.sandbox.local import (
     read_report,
     remove_tree,
     seccomp_fd,
+    sweep_stale_dirs,
     write_etc,
     write_lib,
     write_workspace,
@@ -327,7 +328,8 @@ class _Server:
         self.lease = UidLease() if host.as_root else None
         self.owner = self.lease.uid if self.lease else os.getuid()
         chown_to = self.lease.uid if self.lease else None
-        self.tmp = Path(tempfile.mkdtemp(prefix="tdd-warm-", dir=sandbox.temp_root))
+        self.run_dir = RunDir("tdd-warm-", sandbox.temp_root)
+        self.tmp = self.run_dir.path
         self.proc: subprocess.Popen[bytes] | None = None
         self._buffer = b""
         self._status_r = -1
@@ -449,7 +451,7 @@ class _Server:
             self.proc = None
         if self._status_r >= 0:
             os.close(self._status_r)
-        remove_tree(self.tmp)
+        self.run_dir.remove()
         if self.lease is not None:
             self.lease.release()
             self.lease = None
@@ -478,6 +480,7 @@ class WarmLocalSandbox:
         self.host = HostSetup.detect(bwrap=bwrap, python=python)
         self.temp_root = temp_root
         self.host_grace = host_grace
+        sweep_stale_dirs(temp_root)
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._finalizer = weakref.finalize(self, WarmLocalSandbox._stop_server, [None])
