@@ -26,7 +26,7 @@ from bot.config import load_settings
 from bot.github.webhooks import sign
 from bot.web import create_app
 from tests.fakes import groq as g
-from tests.fakes.github import FakeGitHub
+from tests.fakes.github import FakeGitHub, generate_pem
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,7 @@ def stack(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Iterator
         "HOME": str(tmp_path),
         "REDIS_URL": redis_url,
         "APP_ID": str(github.app_id),
-        "PRIVATE_KEY": _pem(),
+        "PRIVATE_KEY": generate_pem(),
         "WEBHOOK_SECRET": SECRET,
         "GITHUB_API_URL": github.url,
         "GROQ_API_KEY": "gsk_e2e",
@@ -176,18 +176,6 @@ def stack(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Iterator
         thread.join(timeout=5)
         github.stop()
         groq.stop()
-
-
-def _pem() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    ).decode()
 
 
 def repo_writes(stack: Stack) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from githubkit.exception import GitHubException
@@ -214,6 +215,28 @@ def _solve_and_publish(
     return outcome.kind.value
 
 
+def _exclusively(
+    services: Services,
+    api: RepoApi,
+    *,
+    issue_number: int,
+    reply_on: int,
+    run_id: str,
+    work: Callable[[], str],
+) -> str:
+    """Run `work` unless another run holds this issue; then say so on `reply_on`."""
+    ttl = int(services.settings.max_wall_seconds * 2 + 900)
+    active = ActiveRun(services, f"{api.owner}/{api.repo}#{issue_number}", run_id, ttl)
+    holder = active.acquire()
+    if holder is not None:
+        api.comment(reply_on, already_running_message(holder))
+        return "busy"
+    try:
+        return work()
+    finally:
+        active.release()
+
+
 def _allowed(api: RepoApi, sender: str, reply_on: int) -> bool:
     if api.permission(sender) in WRITERS:
         return True
@@ -235,13 +258,8 @@ def handle_issue(
     api = services.repo_api(installation_id, owner, repo)
     if not _allowed(api, sender, issue_number):
         return "refused"
-    ttl = int(services.settings.max_wall_seconds * 2 + 900)
-    active = ActiveRun(services, f"{owner}/{repo}#{issue_number}", run_id, ttl)
-    holder = active.acquire()
-    if holder is not None:
-        api.comment(issue_number, already_running_message(holder))
-        return "busy"
-    try:
+
+    def work() -> str:
         api.react(issue_number, "eyes")
         return _solve_and_publish(
             services,
@@ -252,8 +270,10 @@ def handle_issue(
             guidance=None,
             branch=branch_for(issue_number),
         )
-    finally:
-        active.release()
+
+    return _exclusively(
+        services, api, issue_number=issue_number, reply_on=issue_number, run_id=run_id, work=work
+    )
 
 
 def handle_retry(
@@ -277,13 +297,8 @@ def handle_retry(
     if not _allowed(api, sender, pr_number):
         return "refused"
     issue_number = int(marker["issue"])
-    ttl = int(services.settings.max_wall_seconds * 2 + 900)
-    active = ActiveRun(services, f"{owner}/{repo}#{issue_number}", run_id, ttl)
-    holder = active.acquire()
-    if holder is not None:
-        api.comment(pr_number, already_running_message(holder))
-        return "busy"
-    try:
+
+    def work() -> str:
         api.react(pr_number, "eyes", comment_id=comment_id)
         api.comment(pr_number, retry_started_message(run_url_or_id=run_id, guidance=guidance))
         return _solve_and_publish(
@@ -295,8 +310,10 @@ def handle_retry(
             guidance=guidance,
             branch=branch_for(issue_number),
         )
-    finally:
-        active.release()
+
+    return _exclusively(
+        services, api, issue_number=issue_number, reply_on=pr_number, run_id=run_id, work=work
+    )
 
 
 def report_failure(

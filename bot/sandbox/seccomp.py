@@ -8,6 +8,8 @@ It also closes the side doors to the same syscall: the x86 compat ABIs (i386 via
 x32 via the 0x40000000 syscall bit), the 32-bit `socketcall` multiplexer whose arguments
 live in memory BPF cannot read, and io_uring, whose IORING_OP_SOCKET creates sockets without
 calling socket(2). Programs fall back from io_uring on ENOSYS, so nothing legitimate breaks.
+Finally it turns off the kernel keyring calls: a uid's keyring outlives the run, and
+sandbox uids are reused, so it could carry data from one run to a later one.
 
 No libseccomp: the program is a list of `struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}`.
 """
@@ -54,14 +56,21 @@ class AbiSyscalls:
     audit_arch: int
     socket: int
     socketpair: int
+    keyring: tuple[int, int, int]  # add_key, request_key, keyctl
     socketcall: int | None = None  # 32-bit multiplexer: arguments are behind a pointer
     block_x32: bool = False
 
 
-X86_64 = AbiSyscalls("x86_64", 0xC000003E, socket=41, socketpair=53, block_x32=True)
-I386 = AbiSyscalls("i386", 0x40000003, socket=359, socketpair=360, socketcall=102)
-AARCH64 = AbiSyscalls("aarch64", 0xC00000B7, socket=198, socketpair=199)
-ARM = AbiSyscalls("arm", 0x40000028, socket=281, socketpair=288, socketcall=102)
+X86_64 = AbiSyscalls(
+    "x86_64", 0xC000003E, socket=41, socketpair=53, keyring=(248, 249, 250), block_x32=True
+)
+I386 = AbiSyscalls(
+    "i386", 0x40000003, socket=359, socketpair=360, keyring=(286, 287, 288), socketcall=102
+)
+AARCH64 = AbiSyscalls("aarch64", 0xC00000B7, socket=198, socketpair=199, keyring=(217, 218, 219))
+ARM = AbiSyscalls(
+    "arm", 0x40000028, socket=281, socketpair=288, keyring=(309, 310, 311), socketcall=102
+)
 
 # Each machine, with the compat ABIs a process on it can switch to without privileges.
 MACHINE_ABIS: dict[str, tuple[AbiSyscalls, ...]] = {
@@ -145,6 +154,8 @@ def build_vsock_filter(machine: str | None = None) -> bytes:
         if abi.block_x32:
             asm.op(BPF_JGE_K, X32_SYSCALL_BIT, jt="enosys")
         asm.op(BPF_JEQ_K, IO_URING_SETUP, jt="enosys")
+        for number in abi.keyring:
+            asm.op(BPF_JEQ_K, number, jt="enosys")
         asm.op(BPF_JEQ_K, abi.socket, jt="check_domain")
         asm.op(BPF_JEQ_K, abi.socketpair, jt="check_domain")
         if abi.socketcall is not None:

@@ -108,14 +108,48 @@ def serve() -> None:  # pragma: no cover - runs inside the sandbox, as its own s
         proto_out.write(json.dumps(message).encode() + b"\n")
         proto_out.flush()
 
-    def clear_dir(path: str) -> None:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
+    def scrub() -> None:
+        """Remove what a run can leave in the sandbox: /tmp, /dev/shm and SysV IPC objects
+        (the server's IPC namespace outlives runs; a cold run's does not)."""
+        for path in ("/tmp", "/dev/shm"):
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
+        ipc_rmid = 0
+        removers = {
+            "shm": lambda ident: libc.shmctl(ident, ipc_rmid, None),
+            "sem": lambda ident: libc.semctl(ident, 0, ipc_rmid),
+            "msg": lambda ident: libc.msgctl(ident, ipc_rmid, None),
+        }
+        for kind, remove in removers.items():
+            try:
+                with open(f"/proc/sysvipc/{kind}") as fh:
+                    rows = fh.read().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                remove(int(row.split()[1]))
+
+    class Capture:
+        """The head and the tail of a run's output, in bounded memory."""
+
+        def __init__(self, cap: int) -> None:
+            self.head_cap, self.tail_cap = cap - cap // 2, cap // 2
+            self.head, self.tail, self.total = bytearray(), bytearray(), 0
+
+        def feed(self, data: bytes) -> None:
+            self.total += len(data)
+            room = self.head_cap - len(self.head)
+            if room > 0:
+                self.head += data[:room]
+                data = data[room:]
+            if data and self.tail_cap:
+                self.tail += data
+                del self.tail[: max(0, len(self.tail) - self.tail_cap)]
 
     # Warm-up: one empty session imports pytest, its plugins and their dependencies exactly
     # as a real run does (including assertion rewriting of plugin modules).
@@ -135,8 +169,7 @@ def serve() -> None:  # pragma: no cover - runs inside the sandbox, as its own s
         del sys.modules[name]
     sys.stdout.flush()
     sys.stderr.flush()
-    for tmp in ("/tmp", "/dev/shm"):
-        clear_dir(tmp)
+    scrub()
 
     def top_level_modules() -> list:
         return sorted({name.split(".")[0] for name in sys.modules})
@@ -144,7 +177,7 @@ def serve() -> None:  # pragma: no cover - runs inside the sandbox, as its own s
     def others_alive(me: int) -> bool:
         return any(e.isdigit() and int(e) not in (1, me) for e in os.listdir("/proc"))
 
-    def kill_everything_else(watch: int, statuses: dict) -> None:
+    def kill_everything_else(statuses: dict) -> None:
         """SIGKILL every process of the sandbox except us and bwrap's init; reap them."""
         me = os.getpid()
         deadline = time.monotonic() + 5
@@ -223,9 +256,7 @@ def serve() -> None:  # pragma: no cover - runs inside the sandbox, as its own s
                 os._exit(70)
         os.close(write_end)
         pidfd = os.pidfd_open(pid)
-        head_cap = request["cap"] - request["cap"] // 2
-        tail_cap = request["cap"] // 2
-        head, tail, total = bytearray(), bytearray(), 0
+        capture = Capture(request["cap"])
         deadline = time.monotonic() + request["timeout"]
         poller = select.poll()
         poller.register(read_end, select.POLLIN)
@@ -245,53 +276,38 @@ def serve() -> None:  # pragma: no cover - runs inside the sandbox, as its own s
                         poller.unregister(read_end)
                         pipe_open = False
                         continue
-                    total += len(data)
-                    room = head_cap - len(head)
-                    if room > 0:
-                        head += data[:room]
-                        data = data[room:]
-                    if data and tail_cap:
-                        tail += data
-                        del tail[: max(0, len(tail) - tail_cap)]
+                    capture.feed(data)
         statuses: dict = {}
         if timed_out:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)
-        kill_everything_else(pid, statuses)
+        kill_everything_else(statuses)
         os.close(pidfd)
         # Every writer is gone now: drain what is left in the pipe.
         while pipe_open:
             data = os.read(read_end, 1 << 18)
             if not data:
                 break
-            total += len(data)
-            room = head_cap - len(head)
-            if room > 0:
-                head += data[:room]
-                data = data[room:]
-            if data and tail_cap:
-                tail += data
-                del tail[: max(0, len(tail) - tail_cap)]
+            capture.feed(data)
         os.close(read_end)
         status = statuses.get(pid)
         if status is None:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 _, status = os.waitpid(pid, 0)
-            except ChildProcessError:
-                status = 0
-        if os.WIFSIGNALED(status):
+        if status is None:
+            exit_code = 1  # lost track of the child: never report success
+        elif os.WIFSIGNALED(status):
             exit_code = 128 + os.WTERMSIG(status)  # what bwrap reports for a cold run
         else:
             exit_code = os.waitstatus_to_exitcode(status)
-        for tmp in ("/tmp", "/dev/shm"):
-            clear_dir(tmp)
+        scrub()
         return {
             "id": request["id"],
             "exit_code": exit_code,
             "timed_out": timed_out,
-            "head": base64.b64encode(bytes(head)).decode(),
-            "tail": base64.b64encode(bytes(tail)).decode(),
-            "total": total,
+            "head": base64.b64encode(bytes(capture.head)).decode(),
+            "tail": base64.b64encode(bytes(capture.tail)).decode(),
+            "total": capture.total,
         }
 
     send({"ready": True, "modules": top_level_modules()})

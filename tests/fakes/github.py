@@ -545,7 +545,7 @@ class FakeGitHub:
                 "client_id": f"Iv23li{secrets.token_hex(5)}",
                 "client_secret": secrets.token_hex(20),
                 "webhook_secret": secrets.token_hex(20),
-                "pem": overrides.pop("pem", None) or _generate_pem(),
+                "pem": overrides.pop("pem", None) or generate_pem(),
                 **overrides,
             }
             self._manifest_codes[code] = payload
@@ -2267,7 +2267,7 @@ def _default_fault(status: int) -> tuple[Any, dict[str, str]]:
     return error_body(status, HTTPStatus(status).phrase), {}
 
 
-def _generate_pem() -> str:
+def generate_pem() -> str:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
