@@ -175,10 +175,12 @@ def environment() -> dict[str, Any]:
     }
 
 
-def parser(description: str, *, repeat: int) -> argparse.ArgumentParser:
+def parser(name: str, description: str, *, repeat: int) -> argparse.ArgumentParser:
     """An argument parser with the options every benchmark has."""
     p = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=f"python -m bench.{name}",
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--repeat", type=int, default=repeat, help="repetitions; figures are medians over them"

@@ -255,7 +255,7 @@ def measure(args: argparse.Namespace) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__.splitlines()[0], repeat=20)
+    p = parser("journal", __doc__.splitlines()[0], repeat=20)
     p.add_argument("--steps", type=int, default=100, help="steps recorded and replayed per run")
     p.add_argument("--output-bytes", type=int, default=4096, help="JSON size of a step's output")
     p.add_argument("--input-bytes", type=int, default=8192, help="JSON size of a step's input")

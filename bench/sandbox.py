@@ -164,7 +164,9 @@ def measure(args: argparse.Namespace) -> Report:
     for name, label in labels.items():
         values = samples[name]
         if not values:
-            report.rows.append({"variant": f"{label} (unavailable)", "key": name, "available": False})
+            report.rows.append(
+                {"variant": f"{label} (unavailable)", "key": name, "available": False}
+            )
             continue
         report.rows.append(
             {
@@ -207,7 +209,7 @@ def measure(args: argparse.Namespace) -> Report:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__.splitlines()[0], repeat=15)
+    p = parser("sandbox", __doc__.splitlines()[0], repeat=15)
     return run_main(measure, p.parse_args(argv))
 
 
