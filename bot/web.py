@@ -16,6 +16,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from rq import Queue
+from starlette.concurrency import run_in_threadpool
 
 from bot.config import Settings, load_settings
 from bot.dispatch import enqueue
@@ -79,16 +80,12 @@ def create_app(
             return JSONResponse({"ok": False, "redis": f"unreachable: {exc}"}, status_code=503)
         return JSONResponse({"ok": True, "redis": "ok", "queued": queue.count})
 
-    @app.post(settings.webhook_path)
-    async def webhook(request: Request) -> JSONResponse:
+    def accept(body: bytes, headers: dict[str, str]) -> JSONResponse:
+        """Verify, route, deduplicate and enqueue: plain blocking code, run off the loop."""
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
         if not secret:
             return _error(503, "WEBHOOK_SECRET is not configured on this server")
-        try:
-            body = await _read_body(request, MAX_BODY_BYTES)
-        except BodyTooLarge:
-            return _error(413, "payload larger than GitHub's 25 MB limit")
-        if not verify_signature(body, request.headers.get("x-hub-signature-256"), secret):
+        if not verify_signature(body, headers.get("x-hub-signature-256"), secret):
             # Probot's hint: the usual cause is a secret mismatch, not an attack.
             return _error(
                 401,
@@ -101,8 +98,8 @@ def create_app(
             return _error(400, "body is not valid JSON")
         if not isinstance(payload, dict):
             return _error(400, "body is not a JSON object")
-        event = request.headers.get("x-github-event", "")
-        delivery = request.headers.get("x-github-delivery", "")
+        event = headers.get("x-github-event", "")
+        delivery = headers.get("x-github-delivery", "")
         if event == "ping":
             return JSONResponse({"ok": True, "pong": payload.get("zen", "")})
         action = route(event, payload, trigger_label=settings.trigger_label)
@@ -123,5 +120,14 @@ def create_app(
             log.error("could not enqueue delivery %s: %s", delivery, exc)
             return _error(503, "queue unavailable; redeliver this webhook later")
         return JSONResponse({"queued": job_id}, status_code=202)
+
+    @app.post(settings.webhook_path)
+    async def webhook(request: Request) -> JSONResponse:
+        try:
+            body = await _read_body(request, MAX_BODY_BYTES)
+        except BodyTooLarge:
+            return _error(413, "payload larger than GitHub's 25 MB limit")
+        # Redis round trips and HMAC over large bodies must not block the event loop.
+        return await run_in_threadpool(accept, body, dict(request.headers))
 
     return app

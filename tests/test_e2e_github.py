@@ -88,16 +88,8 @@ class Stack:
     def work(self) -> subprocess.CompletedProcess[str]:
         """Run an RQ worker process until the queue is empty."""
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "rq.cli",
-                "worker",
-                "tdd-agent",
-                "--burst",
-                "--url",
-                self.env["REDIS_URL"],
-            ],
+            # The Procfile's worker, in burst mode.
+            [sys.executable, "-m", "rq.cli", "worker", "-c", "jobs.worker_config", "--burst"],
             env=self.env,
             cwd=ROOT,
             capture_output=True,
@@ -384,13 +376,12 @@ def test_a_worker_killed_mid_run_resumes_from_the_journal(stack: Stack) -> None:
             "-m",
             "rq.cli",
             "worker",
-            "tdd-agent",
+            "-c",
+            "jobs.worker_config",
             "--maintenance-interval",
             "30",
             "--job-monitoring-interval",
             "10",
-            "--url",
-            stack.env["REDIS_URL"],
         ]
         return subprocess.Popen(
             cmd,

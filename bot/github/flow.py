@@ -256,24 +256,30 @@ def handle_issue(
 ) -> str:
     """A labeled issue: a run, then a PR (or a draft with the best candidate)."""
     api = services.repo_api(installation_id, owner, repo)
-    if not _allowed(api, sender, issue_number):
-        return "refused"
+    with api.gh:  # one HTTP client (and connection) for the whole job
+        if not _allowed(api, sender, issue_number):
+            return "refused"
 
-    def work() -> str:
-        api.react(issue_number, "eyes")
-        return _solve_and_publish(
+        def work() -> str:
+            api.react(issue_number, "eyes")
+            return _solve_and_publish(
+                services,
+                api,
+                issue_number=issue_number,
+                report_on=issue_number,
+                run_id=run_id,
+                guidance=None,
+                branch=branch_for(issue_number),
+            )
+
+        return _exclusively(
             services,
             api,
             issue_number=issue_number,
-            report_on=issue_number,
+            reply_on=issue_number,
             run_id=run_id,
-            guidance=None,
-            branch=branch_for(issue_number),
+            work=work,
         )
-
-    return _exclusively(
-        services, api, issue_number=issue_number, reply_on=issue_number, run_id=run_id, work=work
-    )
 
 
 def handle_retry(
@@ -290,30 +296,30 @@ def handle_retry(
 ) -> str:
     """`/retry` on the bot's PR: run the task again and update the same PR and branch."""
     api = services.repo_api(installation_id, owner, repo)
-    pr = api.get_pull(pr_number)
-    marker = parse_pr_marker(pr.body)
-    if marker is None:
-        return "not-ours"
-    if not _allowed(api, sender, pr_number):
-        return "refused"
-    issue_number = int(marker["issue"])
+    with api.gh:
+        marker = parse_pr_marker(api.get_pull(pr_number).body)
+        if marker is None:
+            return "not-ours"
+        if not _allowed(api, sender, pr_number):
+            return "refused"
+        issue_number = int(marker["issue"])
 
-    def work() -> str:
-        api.react(pr_number, "eyes", comment_id=comment_id)
-        api.comment(pr_number, retry_started_message(run_url_or_id=run_id, guidance=guidance))
-        return _solve_and_publish(
-            services,
-            api,
-            issue_number=issue_number,
-            report_on=pr_number,
-            run_id=run_id,
-            guidance=guidance,
-            branch=branch_for(issue_number),
+        def work() -> str:
+            api.react(pr_number, "eyes", comment_id=comment_id)
+            api.comment(pr_number, retry_started_message(run_url_or_id=run_id, guidance=guidance))
+            return _solve_and_publish(
+                services,
+                api,
+                issue_number=issue_number,
+                report_on=pr_number,
+                run_id=run_id,
+                guidance=guidance,
+                branch=branch_for(issue_number),
+            )
+
+        return _exclusively(
+            services, api, issue_number=issue_number, reply_on=pr_number, run_id=run_id, work=work
         )
-
-    return _exclusively(
-        services, api, issue_number=issue_number, reply_on=pr_number, run_id=run_id, work=work
-    )
 
 
 def report_failure(

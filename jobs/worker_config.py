@@ -1,0 +1,23 @@
+"""RQ worker settings: `rq worker -c jobs.worker_config` (see Procfile).
+
+RQ forks a work-horse per job from the worker's parent process, so whatever the parent
+loads here every job inherits for free: the job code and its heavy imports (githubkit,
+groq), and the local sandbox's one-time probe (≈ 0.5 s) — a broken sandbox also stops the
+worker at start-up with the fix in its message, instead of failing every job.
+"""
+
+from __future__ import annotations
+
+import jobs.tdd  # noqa: F401 - imported once in the parent, inherited by every job
+from bot.config import load_settings
+from bot.sandbox.factory import backend_name
+
+_settings = load_settings()
+
+REDIS_URL = _settings.redis_url
+QUEUES = [_settings.queue_name]
+
+if backend_name(_settings) == "local":
+    from bot.sandbox.local import LocalSandbox
+
+    LocalSandbox().check()
