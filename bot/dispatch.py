@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError
 
 from bot.config import Settings
 from bot.github.webhooks import Action, RetryRun, StartRun
@@ -28,44 +27,40 @@ def job_id_for(action: StartRun | RetryRun, delivery: str) -> str:
 
 
 def enqueue(queue: Queue, action: Action, *, delivery: str, settings: Settings) -> str:
-    """Enqueue the job for `action`; a job that already exists is not enqueued twice."""
+    """Enqueue the job for `action` in one Redis round trip; returns its id.
+
+    Deduplication is the caller's (by delivery id); the deterministic job id means a
+    re-enqueued job overwrites itself rather than adding a second record.
+    """
     if not isinstance(action, StartRun | RetryRun):
         raise ValueError(f"nothing to enqueue for {action!r}")
     job_id = job_id_for(action, delivery)
-    common = {
+    kwargs: dict[str, object] = {
         "owner": action.repo.owner,
         "repo": action.repo.name,
         "installation_id": action.repo.installation_id,
         "sender": action.sender,
         "run_id": job_id,
     }
-    timeout = int(settings.max_wall_seconds * 2 + 600)
-    try:
-        if isinstance(action, StartRun):
-            queue.enqueue(
-                "jobs.tdd.run_issue",
-                kwargs={**common, "issue_number": action.issue_number},
-                job_id=job_id,
-                unique=True,
-                retry=JOB_RETRY,
-                job_timeout=timeout,
-                description=f"tdd run for {action.repo.full_name}#{action.issue_number}",
-            )
-        else:
-            queue.enqueue(
-                "jobs.tdd.retry_pr",
-                kwargs={
-                    **common,
-                    "pr_number": action.pr_number,
-                    "comment_id": action.comment_id,
-                    "guidance": action.guidance,
-                },
-                job_id=job_id,
-                unique=True,
-                retry=JOB_RETRY,
-                job_timeout=timeout,
-                description=f"/retry on {action.repo.full_name}#{action.pr_number}",
-            )
-    except DuplicateJobError:
-        pass
+    if isinstance(action, StartRun):
+        func = "jobs.tdd.run_issue"
+        kwargs["issue_number"] = action.issue_number
+        description = f"tdd run for {action.repo.full_name}#{action.issue_number}"
+    else:
+        func = "jobs.tdd.retry_pr"
+        kwargs.update(
+            pr_number=action.pr_number, comment_id=action.comment_id, guidance=action.guidance
+        )
+        description = f"/retry on {action.repo.full_name}#{action.pr_number}"
+    with queue.connection.pipeline() as pipe:
+        queue.enqueue(
+            func,
+            kwargs=kwargs,
+            job_id=job_id,
+            retry=JOB_RETRY,
+            job_timeout=int(settings.max_wall_seconds * 2 + 600),
+            description=description,
+            pipeline=pipe,
+        )
+        pipe.execute()
     return job_id

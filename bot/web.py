@@ -16,7 +16,6 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from rq import Queue
-from starlette.concurrency import run_in_threadpool
 
 from bot.config import Settings, load_settings
 from bot.dispatch import enqueue
@@ -81,7 +80,7 @@ def create_app(
         return JSONResponse({"ok": True, "redis": "ok", "queued": queue.count})
 
     def accept(body: bytes, headers: dict[str, str]) -> JSONResponse:
-        """Verify, route, deduplicate and enqueue: plain blocking code, run off the loop."""
+        """Verify, route, deduplicate and enqueue (two Redis round trips)."""
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
         if not secret:
             return _error(503, "WEBHOOK_SECRET is not configured on this server")
@@ -127,7 +126,8 @@ def create_app(
             body = await _read_body(request, MAX_BODY_BYTES)
         except BodyTooLarge:
             return _error(413, "payload larger than GitHub's 25 MB limit")
-        # Redis round trips and HMAC over large bodies must not block the event loop.
-        return await run_in_threadpool(accept, body, dict(request.headers))
+        # Inline on purpose: the work is ~0.4 ms against a local Redis, and a thread hop
+        # measured slower (bench/webhook.py: throughput 0.22x vs 0.33x of hello-world).
+        return accept(body, dict(request.headers))
 
     return app

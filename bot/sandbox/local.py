@@ -780,12 +780,12 @@ _probe_lock = threading.Lock()
 _probe_cache: dict[tuple[str, str, bool], ProbeResult] = {}
 
 
-def probe(host: HostSetup, limits: SandboxLimits, temp_root: str | None) -> ProbeResult:
+def probe(host: HostSetup, temp_root: str | None) -> ProbeResult:
     """Start pytest in a full sandbox once; raise SandboxUnavailable if that cannot work."""
     key = (host.bwrap, host.python, host.as_root)
     with _probe_lock:
         if key not in _probe_cache:
-            _probe_cache[key] = _run_probe(host, limits, temp_root)
+            _probe_cache[key] = _run_probe(host, temp_root)
         result = _probe_cache[key]
     if result.error is not None:
         raise SandboxUnavailable(result.error)
@@ -819,7 +819,7 @@ def bytecode_cache_dir(host: HostSetup) -> Path:
     return cache
 
 
-def _run_probe(host: HostSetup, limits: SandboxLimits, temp_root: str | None) -> ProbeResult:
+def _run_probe(host: HostSetup, temp_root: str | None) -> ProbeResult:
     cache = bytecode_cache_dir(host)
     # umask 0: dirs the probe creates stay writable for the next probe, which runs as another
     # per-run uid. Real runs only ever see the cache read-only.
@@ -830,7 +830,9 @@ def _run_probe(host: HostSetup, limits: SandboxLimits, temp_root: str | None) ->
     command = [host.python, "-c", boot, *pytest_options(), "--collect-only"]
     outcome = run_in_sandbox(
         host,
-        limits=replace(limits, wall_seconds=PROBE_TIMEOUT),
+        # It checks the machine, not the caller's limits: a tiny memory limit must not
+        # make the cached verdict "unavailable" for every later sandbox.
+        limits=SandboxLimits(wall_seconds=PROBE_TIMEOUT),
         temp_root=temp_root,
         workspace={},
         command=command,
@@ -968,10 +970,10 @@ class LocalSandbox:
 
     def check(self) -> None:
         """Probe the sandbox once (cached per process); raise SandboxUnavailable if broken."""
-        probe(self.host, self.limits, self.temp_root)
+        probe(self.host, self.temp_root)
 
     def run_tests(self, workspace: Workspace) -> TestResult:
-        binds, env = pycache_binds(probe(self.host, self.limits, self.temp_root).pycache)
+        binds, env = pycache_binds(probe(self.host, self.temp_root).pycache)
         outcome = run_in_sandbox(
             self.host,
             limits=self.limits,

@@ -341,17 +341,18 @@ class _Server:
 
     def __init__(self, sandbox: WarmLocalSandbox, pycache: str | None) -> None:
         host, limits = sandbox.host, sandbox.limits
-        self.lease = UidLease() if host.as_root else None
-        self.owner = self.lease.uid if self.lease else os.getuid()
-        chown_to = self.lease.uid if self.lease else None
-        self.run_dir = RunDir("tdd-warm-", sandbox.temp_root)
-        self.tmp = self.run_dir.path
         self.proc: subprocess.Popen[bytes] | None = None
+        self.lease: UidLease | None = None
+        self.run_dir: RunDir | None = None
         self._buffer = b""
         self._status_r = -1
         self._stopped = False
         try:
-            self.chown_to = chown_to
+            self.lease = UidLease() if host.as_root else None
+            self.owner = self.lease.uid if self.lease else os.getuid()
+            self.chown_to = chown_to = self.lease.uid if self.lease else None
+            self.run_dir = RunDir("tdd-warm-", sandbox.temp_root)
+            self.tmp = self.run_dir.path
             self.work = make_private_dir(self.tmp / "work", chown_to)
             self.out = make_private_dir(self.tmp / "out", chown_to)
             self.log = self.tmp / "server.log"
@@ -458,8 +459,11 @@ class _Server:
         self._stopped = True
         if self.proc is not None:
             kill_group(self.proc.pid)
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
                 self.proc.wait(timeout=KILL_GRACE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # bwrap itself, should its group have changed
+                self.proc.wait()
             for stream in (self.proc.stdin, self.proc.stdout):
                 if stream is not None:
                     with contextlib.suppress(OSError):
@@ -467,7 +471,8 @@ class _Server:
             self.proc = None
         if self._status_r >= 0:
             os.close(self._status_r)
-        self.run_dir.remove()
+        if self.run_dir is not None:
+            self.run_dir.remove()
         if self.lease is not None:
             self.lease.release()
             self.lease = None
@@ -498,35 +503,38 @@ class WarmLocalSandbox:
         self.host_grace = host_grace
         sweep_stale_dirs(temp_root)
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._finalizer = weakref.finalize(self, WarmLocalSandbox._stop_server, [None])
-        self.restarts = 0
+        # The running server lives in a one-slot list that a finalizer also holds, so a
+        # sandbox dropped without close() still stops its server (at GC or at exit).
+        self._slot: list[_Server | None] = [None]
+        weakref.finalize(self, WarmLocalSandbox._stop_server, self._slot)
+        self.restarts = 0  # servers replaced after dying or hanging
 
     @staticmethod
-    def _stop_server(holder: list[_Server | None]) -> None:
-        if holder[0] is not None:
-            holder[0].stop()
-            holder[0] = None
+    def _stop_server(slot: list[_Server | None]) -> None:
+        if slot[0] is not None:
+            slot[0].stop()
+            slot[0] = None
+
+    @property
+    def _server(self) -> _Server | None:
+        return self._slot[0]
 
     def check(self) -> None:
         """Probe the sandbox once (cached per process); raise SandboxUnavailable if broken."""
-        probe(self.host, self.limits, self.temp_root)
+        probe(self.host, self.temp_root)
 
     def _ensure_server(self) -> _Server:
         if self._server is not None and not self._server.alive():
             self._drop_server()
             self.restarts += 1
-        if self._server is None:
-            pycache = probe(self.host, self.limits, self.temp_root).pycache
-            self._server = _Server(self, pycache)
-            self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, WarmLocalSandbox._stop_server, [self._server])
-        return self._server
+        server = self._server
+        if server is None:
+            pycache = probe(self.host, self.temp_root).pycache
+            server = self._slot[0] = _Server(self, pycache)
+        return server
 
     def _drop_server(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        self._stop_server(self._slot)
 
     @property
     def server_pid(self) -> int | None:
