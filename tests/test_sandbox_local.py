@@ -42,6 +42,7 @@ from bot.sandbox.seccomp import (
     build_vsock_filter,
     decode,
 )
+from bot.sandbox.warm import WarmLocalSandbox
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +59,7 @@ LIMITS = SandboxLimits(
     output_cap=8 * KiB,
     tmpfs_bytes=64 * MiB,
 )
-SHORT = replace(LIMITS, wall_seconds=3)
+SHORT = replace(LIMITS, wall_seconds=4)  # long enough for a cold start on a busy machine
 
 PASSING = {
     "calc.py": "def add(a, b):\n    return a + b\n",
@@ -79,12 +80,10 @@ PASSING = {
 }
 
 
-def make_backend(kind: str, limits: SandboxLimits, **kwargs: object) -> Sandbox:
-    if kind == "cold":
-        return LocalSandbox(limits, **kwargs)  # type: ignore[arg-type]
-    from bot.sandbox.warm import WarmLocalSandbox
-
-    return WarmLocalSandbox(limits, **kwargs)  # type: ignore[arg-type]
+BACKENDS: dict[str, Callable[[SandboxLimits], Sandbox]] = {
+    "cold": LocalSandbox,
+    "warm": WarmLocalSandbox,
+}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +94,7 @@ def boxes() -> Iterator[dict[tuple[str, SandboxLimits], Sandbox]]:
         box.close()
 
 
-@pytest.fixture(params=["cold", "warm"])
+@pytest.fixture(params=sorted(BACKENDS))
 def sandbox_for(
     request: pytest.FixtureRequest, boxes: dict[tuple[str, SandboxLimits], Sandbox]
 ) -> Callable[[SandboxLimits], Sandbox]:
@@ -104,7 +103,7 @@ def sandbox_for(
     def get(limits: SandboxLimits = LIMITS) -> Sandbox:
         key = (request.param, limits)
         if key not in boxes:
-            boxes[key] = make_backend(request.param, limits)
+            boxes[key] = BACKENDS[request.param](limits)
         return boxes[key]
 
     return get
@@ -270,7 +269,7 @@ def test_network_is_blocked(sandbox_for):
 
 
 def test_vsock_sockets_are_refused(sandbox_for):
-    numbers = {"x86_64": (41, 53), "aarch64": (198, 199)}.get(platform.machine())
+    numbers = {"x86_64": (41, 53, 250), "aarch64": (198, 199, 219)}.get(platform.machine())
     if numbers is None:
         pytest.skip("syscall numbers known for x86_64 and aarch64 only")
     test = textwrap.dedent(
@@ -291,7 +290,7 @@ def test_vsock_sockets_are_refused(sandbox_for):
         def test_raw_syscall_with_junk_in_high_bits():
             libc = ctypes.CDLL(None, use_errno=True)
             libc.syscall.restype = ctypes.c_long
-            for nr in {numbers}:
+            for nr in {numbers[:2]}:
                 r = libc.syscall(ctypes.c_long(nr), ctypes.c_long(40 | (7 << 32)),
                                  ctypes.c_long(1), ctypes.c_long(0), ctypes.c_long(0))
                 assert r == -1 and ctypes.get_errno() == errno.EAFNOSUPPORT
@@ -303,6 +302,14 @@ def test_vsock_sockets_are_refused(sandbox_for):
             assert libc.syscall(ctypes.c_long(425), ctypes.c_long(4), buf) == -1
             assert ctypes.get_errno() == errno.ENOSYS
 
+        def test_keyrings_are_off():
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall.restype = ctypes.c_long
+            # keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_USER_KEYRING, 1)
+            assert libc.syscall(ctypes.c_long({numbers[2]}), ctypes.c_long(0),
+                                ctypes.c_long(-4), ctypes.c_long(1)) == -1
+            assert ctypes.get_errno() == errno.ENOSYS
+
         def test_other_families_still_work():
             socket.socket(socket.AF_UNIX).close()
             socket.socket(socket.AF_INET).close()
@@ -312,7 +319,7 @@ def test_vsock_sockets_are_refused(sandbox_for):
     )
     box = sandbox_for()
     result = box.run_tests({"test_vsock.py": test})
-    assert result.ok and result.passed == 5, result.output
+    assert result.ok and result.passed == 6, result.output
     assert_healthy(box)
 
 
@@ -465,10 +472,11 @@ def test_fork_bomb_is_contained(sandbox_for):
                     pass
         """
     )
-    box = sandbox_for(replace(SHORT, wall_seconds=2, processes=32))
+    limits = replace(SHORT, wall_seconds=2, processes=32)
+    box = sandbox_for(limits)
     started = time.monotonic()
     result = box.run_tests({"test_bomb.py": test})
-    assert time.monotonic() - started < SHORT.wall_seconds + 10
+    assert time.monotonic() - started < limits.wall_seconds + 10
     assert not result.ok and result.timed_out
     assert_no_survivors(marker)
     assert_healthy(box)
@@ -515,28 +523,33 @@ def test_endless_loop_is_killed_with_its_children(sandbox_for):
                 pass
         """
     )
-    seen = threading.Event()
-    done = threading.Event()
+    # A cold start on a very busy machine can eat the short timeout before the markers
+    # start; then the case proves nothing, so it is repeated once with more time.
+    for wall in (SHORT.wall_seconds, 3 * SHORT.wall_seconds):
+        seen = threading.Event()
+        done = threading.Event()
 
-    def watch() -> None:
-        while not done.is_set():
-            if len(processes_with(marker)) >= 2:
-                seen.set()
-                return
-            time.sleep(0.05)
+        def watch(seen: threading.Event = seen, done: threading.Event = done) -> None:
+            while not done.is_set():
+                if len(processes_with(marker)) >= 2:
+                    seen.set()
+                    return
+                time.sleep(0.05)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    box = sandbox_for(SHORT)
-    started = time.monotonic()
-    result = box.run_tests({"test_spin.py": test})
-    elapsed = time.monotonic() - started
-    done.set()
-    watcher.join()
-    assert result.timed_out and not result.ok
-    assert SHORT.wall_seconds <= elapsed < SHORT.wall_seconds + 5
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        box = sandbox_for(replace(SHORT, wall_seconds=wall))
+        started = time.monotonic()
+        result = box.run_tests({"test_spin.py": test})
+        elapsed = time.monotonic() - started
+        done.set()
+        watcher.join()
+        assert result.timed_out and not result.ok
+        assert wall <= elapsed < wall + 5, elapsed
+        assert_no_survivors(marker)
+        if seen.is_set():
+            break
     assert seen.is_set(), "the marker processes never started"
-    assert_no_survivors(marker)
     assert_healthy(box)
 
 
