@@ -77,6 +77,7 @@ PROBE_TIMEOUT = 30.0
 
 # Host /etc files Python and libc read; none of them holds secrets.
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf")
+FRESH_MOUNTS = ("/tmp", "/dev/shm")  # size-capped tmpfs, fresh for every run
 TOP_LEVEL_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 NAMESPACE_HINTS = (
@@ -598,13 +599,22 @@ class HostSetup:
                 all_binds.append(Bind("--ro-bind", host, host))
         all_binds += binds
 
+        # Fresh /proc, /dev and tmpfs mounts come first: a bind below /tmp (a checkout or
+        # venv under /tmp, as on some CI machines) must land on top of them, not under.
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        for mount in FRESH_MOUNTS:
+            if self.supports_size:
+                argv += ["--size", str(limits.tmpfs_bytes)]
+            argv += ["--perms", "1777", "--tmpfs", mount]
+
         # bwrap creates missing parents with mode 0700 when it runs as root, which would
-        # hide e.g. /root/.pyenv from the sandbox uid: create them 0755 first.
+        # hide e.g. /root/.pyenv from the sandbox uid: create them 0755 first (but never
+        # touch the fresh mounts: `--perms --dir` would chmod /tmp's sticky 1777 away).
         parents: list[str] = []
         for bind in all_binds:
             for parent in reversed(PurePosixPath(bind.dest).parents):
                 p = str(parent)
-                if p != "/" and p not in parents:
+                if p not in ("/", "/proc", "/dev", *FRESH_MOUNTS) and p not in parents:
                     parents.append(p)
         for p in parents:
             argv += ["--perms", "0755", "--dir", p]
@@ -615,11 +625,6 @@ class HostSetup:
         for bind in all_binds:
             argv += [bind.kind, bind.source, bind.dest]
 
-        argv += ["--proc", "/proc", "--dev", "/dev"]
-        for mount in ("/tmp", "/dev/shm"):
-            if self.supports_size:
-                argv += ["--size", str(limits.tmpfs_bytes)]
-            argv += ["--perms", "1777", "--tmpfs", mount]
         argv += ["--remount-ro", "/", "--chdir", chdir, "--clearenv"]
         for key, value in env.items():
             argv += ["--setenv", key, value]
