@@ -189,6 +189,15 @@ def write_files(out: Path, files: dict[str, str]) -> list[Path]:
     return written
 
 
+def tail_lines(text: str, limit: int) -> str:
+    """The end of `text` within `limit` characters, starting at a line boundary."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    tail = text[-limit:]
+    return "…\n" + tail[tail.find("\n") + 1 :]
+
+
 def outcome_json(run_id: str, outcome: Outcome, written: list[Path]) -> dict[str, Any]:
     return {
         "run_id": run_id,
@@ -259,7 +268,7 @@ def cmd_solve(args: argparse.Namespace, environ: dict[str, str] | None, err: Con
         return EXIT_OK
     reporter.info(f"[{outcome.kind.value}] {outcome.reason}")
     if outcome.last_result is not None:
-        reporter.info("last test output:\n" + outcome.last_result.output.strip()[-4000:])
+        reporter.info("last test output:\n" + tail_lines(outcome.last_result.output, 4000))
     if written and outcome.result is not None:
         reporter.info(f"best candidate ({outcome.result.summary()}) written to {where}")
     reporter.info(f"resume or inspect: tdd-agent runs show {run_id}")
@@ -283,9 +292,12 @@ def cmd_runs(args: argparse.Namespace, environ: dict[str, str] | None, out: Cons
     if not runs:
         out.print("no runs yet: start one with `tdd-agent solve --help`")
         return EXIT_OK
-    table = Table("run", "status", "iterations", "tokens", "duration", "started", "task")
+    table = Table()
+    for name in ("run", "status", "iterations", "tokens", "duration", "started"):
+        table.add_column(name, no_wrap=True, min_width=len(name))
+    table.add_column("task", no_wrap=True, overflow="ellipsis", ratio=1)
     for run in runs:
-        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run["created_at"]))
+        started = time.strftime("%m-%d %H:%M", time.localtime(run["created_at"]))
         table.add_row(
             run["run_id"],
             str(run.get("status", "?")),
@@ -313,7 +325,10 @@ def show_run(client: Any, run_id: str, out: Console, *, as_json: bool) -> int:
         f"task: {meta.get('title', '')} → {meta.get('target', '')}",
         highlight=False,
     )
-    table = Table("#", "kind", "status", "try", "seconds", "tokens", "what")
+    table = Table()
+    for name in ("#", "kind", "status", "try", "seconds", "tokens"):
+        table.add_column(name, no_wrap=True, min_width=len(name))
+    table.add_column("what", no_wrap=True, overflow="ellipsis", ratio=1)
     for step in steps:
         if step.kind == "model":
             what = str(step.meta.get("summary", ""))
@@ -321,8 +336,9 @@ def show_run(client: Any, run_id: str, out: Console, *, as_json: bool) -> int:
         else:
             out_data = step.output or {}
             what = str(step.meta.get("summary", ""))
-            if out_data.get("failing"):
-                what += " · failing: " + ", ".join(out_data["failing"][:3])
+            failing = out_data.get("failing") or []
+            if failing:
+                what += f" · first failing: {failing[0]}"
             tokens = ""
         table.add_row(
             str(step.seq),
@@ -337,7 +353,9 @@ def show_run(client: Any, run_id: str, out: Console, *, as_json: bool) -> int:
     last = next((s for s in reversed(steps) if s.kind == "sandbox" and s.output), None)
     if last is not None:
         out.print("last test output:", highlight=False)
-        out.print(str(last.output.get("output", "")).strip()[-3000:], highlight=False, markup=False)
+        out.print(
+            tail_lines(str(last.output.get("output", "")), 3000), highlight=False, markup=False
+        )
     return EXIT_OK
 
 
@@ -346,7 +364,8 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     parser = build_parser()
     args = parser.parse_args(argv)
     err = Console(stderr=True, soft_wrap=True)
-    out = Console(soft_wrap=True)
+    # Piped output gets a wide page rather than rich's 80 columns, so tables stay readable.
+    out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     try:
         if args.command == "solve":
             return cmd_solve(args, environ, err)

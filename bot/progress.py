@@ -11,7 +11,12 @@ from bot.agent.loop import Budget, Iteration
 
 def iteration_line(it: Iteration, budget: Budget) -> str:
     """`[2/8] write_file roman.py → 3 passed, 1 failed (0.31s) · 4.2s · 1,234 tokens`."""
-    outcome = it.tests.summary() if it.tests else it.note
+    if it.tests is not None:
+        outcome = it.tests.summary()
+        if it.note.startswith("finish refused"):
+            outcome = f"refused, {outcome}"
+    else:
+        outcome = it.note if len(it.note) <= 60 else it.note[:57] + "..."
     replay = " (replayed)" if it.replayed else ""
     return (
         f"[{it.number}/{budget.max_iterations}] {it.action} → {outcome} · "
