@@ -172,18 +172,18 @@ class _Runner:
     def workspace(self) -> Workspace:
         return {**(self.task.context_files or {}), **self.state.files, **self.task.tests}
 
-    def run_tests(self) -> tuple[TestResult, bool]:
+    def run_tests(self) -> TestResult:
         """Test the current files, reusing the last result when nothing changed."""
         files_digest = digest(self.state.files)
         if self.state.last is not None and self.state.last[0] == files_digest:
-            return self.state.last[1], True
+            return self.state.last[1]
         result, seconds, _ = self.steps.tests(self.workspace())
         self.state.elapsed += seconds
         self.state.last = (files_digest, result)
         best = self.state.best
         if best is None or _score(result) > best[0]:
             self.state.best = (_score(result), dict(self.state.files), result)
-        return result, False
+        return result
 
     def ask_model(self) -> Reply:
         """One model turn; a 413 shrinks the context and asks again."""
@@ -266,53 +266,67 @@ class _Runner:
         self.reporter.iteration_done(it, self.budget)
 
     def dispatch(self, call: ToolCall) -> Outcome | None:
+        """Carry out one tool call; an Outcome when it ends the run."""
+        handler = {
+            "write_file": self.edit,
+            "replace_in_file": self.edit,
+            "read_file": self.read,
+            "run_tests": self.test,
+            "finish": self.finish,
+        }[call.name]
+        return handler(call, _assistant_message(call), call.describe())
+
+    def _observe(self, assistant: dict[str, Any], text: str, summary: str, call_id: str) -> None:
+        self.state.turns.append(Turn(assistant, text, summary, call_id))
+
+    def _tested(self, result: TestResult, prefix: str = "") -> str:
+        observed = render_test_output(result, limit=self.policy.observation_chars)
+        return f"{prefix}\n\n{observed}" if prefix else observed
+
+    def edit(self, call: ToolCall, assistant: dict[str, Any], action: str) -> Outcome | None:
         s = self.state
-        assistant = _assistant_message(call)
-        action = call.describe()
-        if call.name in {"write_file", "replace_in_file"}:
-            edit = apply_edit(s.files, call, protected=self.protected)
-            if not edit.applied:
-                s.turns.append(Turn(assistant, edit.message, f"{action}: refused", call.id))
-                self._record(action, edit.message)
-                return None
-            changed = tuple(p for p in edit.files if edit.files[p] != s.files.get(p))
-            s.files = edit.files
-            result, _ = self.run_tests()
-            observed = render_test_output(result, limit=self.policy.observation_chars)
-            text = f"{edit.message}\n\n{observed}"
-            s.turns.append(Turn(assistant, text, f"{action}: {result.summary()}", call.id))
-            self._record(action, edit.message, changed=changed, tests=result)
-            if result.ok:
-                return self.outcome(OutcomeKind.PASSED, "all tests pass")
+        edit = apply_edit(s.files, call, protected=self.protected)
+        if not edit.applied:
+            self._observe(assistant, edit.message, f"{action}: refused", call.id)
+            self._record(action, edit.message)
             return None
-        if call.name == "read_file":
-            path = call.arguments["path"]
-            content = self.workspace().get(path)
-            text = content if content is not None else f"{path} does not exist."
-            s.turns.append(Turn(assistant, text, f"read {path}", call.id))
-            self._record(action, f"read {path}")
-            return None
-        if call.name == "run_tests":
-            result, _ = self.run_tests()
-            text = render_test_output(result, limit=self.policy.observation_chars)
-            s.turns.append(Turn(assistant, text, f"run_tests: {result.summary()}", call.id))
-            self._record(action, result.summary(), tests=result)
-            if result.ok:
-                return self.outcome(OutcomeKind.PASSED, "all tests pass")
-            return None
-        # finish
+        changed = tuple(p for p in edit.files if edit.files[p] != s.files.get(p))
+        s.files = edit.files
+        result = self.run_tests()
+        self._observe(
+            assistant, self._tested(result, edit.message), f"{action}: {result.summary()}", call.id
+        )
+        self._record(action, edit.message, changed=changed, tests=result)
+        return self.outcome(OutcomeKind.PASSED, "all tests pass") if result.ok else None
+
+    def read(self, call: ToolCall, assistant: dict[str, Any], action: str) -> Outcome | None:
+        path = call.arguments["path"]
+        content = self.workspace().get(path)
+        text = content if content is not None else f"{path} does not exist."
+        self._observe(assistant, text, f"read {path}", call.id)
+        self._record(action, f"read {path}")
+        return None
+
+    def test(self, call: ToolCall, assistant: dict[str, Any], action: str) -> Outcome | None:
+        result = self.run_tests()
+        self._observe(assistant, self._tested(result), f"run_tests: {result.summary()}", call.id)
+        self._record(action, result.summary(), tests=result)
+        return self.outcome(OutcomeKind.PASSED, "all tests pass") if result.ok else None
+
+    def finish(self, call: ToolCall, assistant: dict[str, Any], action: str) -> Outcome | None:
         summary = str(call.arguments.get("summary", ""))[:500]
         if call.arguments.get("give_up"):
             self._record(action, summary)
             return self.outcome(OutcomeKind.GAVE_UP, f"the model gave up: {summary}")
-        result, _ = self.run_tests()
+        # "Done" is the harness's call: the tests run again and must pass.
+        result = self.run_tests()
         if result.ok:
             self._record(action, summary, tests=result)
             return self.outcome(OutcomeKind.PASSED, "all tests pass")
-        text = "finish refused: the tests do not pass yet. Keep working.\n\n" + render_test_output(
-            result, limit=self.policy.observation_chars
+        refusal = "finish refused: the tests do not pass yet. Keep working."
+        self._observe(
+            assistant, self._tested(result, refusal), f"finish refused: {result.summary()}", call.id
         )
-        s.turns.append(Turn(assistant, text, f"finish refused: {result.summary()}", call.id))
         self._record(action, "finish refused: tests fail", tests=result)
         return None
 
