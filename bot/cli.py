@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import redis
 from platformdirs import user_data_dir
 from rich.console import Console
 from rich.table import Table
@@ -27,7 +28,7 @@ from bot.config import Settings, load_settings
 from bot.errors import ConfigError, JournalError, LeaseLost, SandboxUnavailable, TddAgentError
 from bot.journal import list_runs, load_run
 from bot.progress import TerminalReporter
-from bot.redis_server import connect, ensure_embedded_redis
+from bot.redis_server import connect, ensure_embedded_redis, reachable, redact
 from bot.run import RunRequest, execute
 from bot.sandbox.factory import backend_name, build_sandbox
 
@@ -172,8 +173,14 @@ def _settings(args: argparse.Namespace, environ: dict[str, str] | None) -> Setti
     return load_settings(environ, **overrides)
 
 
-def redis_client(settings: Settings):  # noqa: ANN201 - redis.Redis
+def redis_client(settings: Settings) -> redis.Redis:
+    """REDIS_URL's Redis (checked once, quickly), else the embedded one in the data dir."""
     if settings.redis_url:
+        if not reachable(settings.redis_url):
+            raise ConfigError(
+                f"cannot reach Redis at REDIS_URL={redact(settings.redis_url)}; start it, fix the URL, "
+                "or unset REDIS_URL to use an embedded Redis"
+            )
         return connect(settings.redis_url)
     data_dir = settings.data_dir or Path(user_data_dir("tdd-agent"))
     return connect(ensure_embedded_redis(data_dir))

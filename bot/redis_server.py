@@ -6,6 +6,7 @@ daemonized, so a later invocation (or one after a crash) finds the same journal.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -39,7 +40,13 @@ def _config(data_dir: Path) -> str:
     )
 
 
-def _ping(url: str) -> bool:
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
+
+
+def reachable(url: str) -> bool:
+    """One quick PING without retries."""
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
         try:
@@ -60,7 +67,7 @@ def ensure_embedded_redis(data_dir: Path, *, wait_seconds: float = 10.0) -> str:
             "set DATA_DIR to a shorter path, or set REDIS_URL"
         )
     url = f"unix://{sock}"
-    if sock.exists() and _ping(url):
+    if sock.exists() and reachable(url):
         return url
     sock.unlink(missing_ok=True)
     conf = data_dir / "redis.conf"
@@ -75,7 +82,7 @@ def ensure_embedded_redis(data_dir: Path, *, wait_seconds: float = 10.0) -> str:
         )
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
-        if _ping(url):
+        if reachable(url):
             return url
         time.sleep(0.05)
     log = data_dir / "redis.log"

@@ -149,3 +149,10 @@ def test_embedded_redis_keeps_the_journal_across_invocations(tmp_path, fake, cap
         pid_file = tmp_path / "data" / "redis.pid"
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+def test_unreachable_redis_is_a_clear_error_without_the_password(capsys) -> None:
+    code = main(["runs"], environ={"REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"})
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cannot reach Redis" in err and "hunter2" not in err and ":***@" in err
