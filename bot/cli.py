@@ -178,8 +178,8 @@ def redis_client(settings: Settings) -> redis.Redis:
     if settings.redis_url:
         if not reachable(settings.redis_url):
             raise ConfigError(
-                f"cannot reach Redis at REDIS_URL={redact(settings.redis_url)}; start it, fix the URL, "
-                "or unset REDIS_URL to use an embedded Redis"
+                f"cannot reach Redis at REDIS_URL={redact(settings.redis_url)}; start it, fix "
+                "the URL, or unset REDIS_URL to use an embedded Redis"
             )
         return connect(settings.redis_url)
     data_dir = settings.data_dir or Path(user_data_dir("tdd-agent"))
