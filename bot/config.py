@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bot.errors import ConfigError
 
 DEFAULT_MODEL = "openai/gpt-oss-120b"
+# The web app and the worker share one Redis; without REDIS_URL they use a local one.
+SERVER_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class Settings(BaseSettings):
@@ -61,6 +63,10 @@ class Settings(BaseSettings):
     port: int = 3000
     trigger_label: str = "agent:tdd"
     queue_name: str = Field(default="tdd-agent")
+
+    @property
+    def server_redis_url(self) -> str:
+        return self.redis_url or SERVER_REDIS_URL
 
     def require_groq_key(self) -> str:
         if self.groq_api_key is None or not self.groq_api_key.get_secret_value():

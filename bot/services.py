@@ -45,9 +45,7 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        if not settings.redis_url:
-            raise ConfigError("REDIS_URL is not set: the worker and web app share one Redis")
-        return cls(settings=settings, redis=connect(settings.redis_url))
+        return cls(settings=settings, redis=connect(settings.server_redis_url))
 
     def app(self) -> GitHub[Any]:
         if self._app is None:

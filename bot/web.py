@@ -59,7 +59,7 @@ def create_app(
     """Build the app; production passes nothing, tests pass settings and a Redis client."""
     settings = settings or load_settings()
     if redis_client is None:
-        redis_client = connect(settings.redis_url or "redis://127.0.0.1:6379/0")
+        redis_client = connect(settings.server_redis_url)
     queue = queue or Queue(settings.queue_name, connection=redis_client)
     app = FastAPI(title="tdd-agent", docs_url=None, redoc_url=None)
     app.include_router(

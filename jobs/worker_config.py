@@ -14,7 +14,7 @@ from bot.sandbox.factory import backend_name
 
 _settings = load_settings()
 
-REDIS_URL = _settings.redis_url
+REDIS_URL = _settings.server_redis_url
 QUEUES = [_settings.queue_name]
 
 if backend_name(_settings) == "local":
