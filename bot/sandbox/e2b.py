@@ -4,15 +4,25 @@ One sandbox serves every run of an agent run; its id is exposed so the caller ca
 it and a restarted worker can reattach with `E2BSandbox(sandbox_id=...)`. Each run goes
 into a fresh directory, under `timeout -s KILL` because the SDK's own timeout only stops
 streaming while the process keeps running in the sandbox.
+
+With `warm=True`, runs go to a warm pytest server (`warm_server.py`) started once per
+sandbox in the background: the workspace is uploaded as usual, one JSON line on the
+server's stdin asks for the run, and one line on its stdout answers. A server that died,
+hung or lost its stream is killed and the run falls back to a cold one, so no run is lost.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import posixpath
+import queue
 import random
 import secrets
 import shlex
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -34,6 +44,7 @@ from e2b.exceptions import (
     TimeoutException,
 )
 from e2b.sandbox.commands.command_handle import CommandExitException
+from e2b.sandbox_sync.commands.command_handle import CommandHandle
 
 from bot.errors import ConfigError, SandboxError
 from bot.sandbox.base import TestResult, Workspace
@@ -45,6 +56,7 @@ from bot.sandbox.pytest_run import (
     pytest_args,
     result_from_report,
 )
+from bot.sandbox.warm_server import SERVER_MODULE, server_source, workspace_module_names
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +83,16 @@ _TIMEOUT_EXIT_CODES = (124, 137)
 # The client-side stream deadline only backs up `timeout -s KILL`; it must never fire first.
 _STREAM_GRACE = 15.0
 _SUPPORT_DIR = ".tdd"  # per-run plugin and report; pytest does not recurse into dot-dirs
+_WARM_SOURCE = server_source(contained=False)
+# Starting the server is one Python start plus an empty pytest session: seconds, not minutes.
+_SERVER_START_TIMEOUT = 60.0
+# After this many server failures in a row, stop trying: every run would pay for them.
+_WARM_MAX_FAILURES = 3
 
 
 class E2BSandbox:
-    """The Sandbox protocol on E2B: one sandbox, created lazily, reused across runs."""
+    """The Sandbox protocol on E2B: one sandbox, created lazily, reused across runs (and,
+    with `warm=True`, one warm pytest server in it, started on first use)."""
 
     def __init__(
         self,
@@ -92,6 +110,7 @@ class E2BSandbox:
         python: str = "python3",
         workdir: str = "/tmp/tdd",
         output_cap: int = DEFAULT_OUTPUT_CAP,
+        warm: bool = False,
         metadata: Mapping[str, str] | None = None,
         domain: str = "e2b.app",
         debug: bool = False,
@@ -101,7 +120,8 @@ class E2BSandbox:
     ) -> None:
         """`sandbox_timeout` is the sandbox's lifetime in seconds (keep it within the run's
         wall budget); `test_timeout` bounds one pytest run. `api_url`/`sandbox_url` and
-        `debug` point the SDK elsewhere than E2B's cloud (tests, self-hosting)."""
+        `debug` point the SDK elsewhere than E2B's cloud (tests, self-hosting). `warm` runs
+        tests through a warm pytest server in the sandbox (see the module docstring)."""
         if not api_key and not debug:
             raise ConfigError("The E2B API key is empty: set E2B_API_KEY to a key from e2b.dev.")
         if test_timeout <= 0 or sandbox_timeout <= 0:
@@ -127,9 +147,16 @@ class E2BSandbox:
         self._api_url = api_url
         self._sandbox_url = sandbox_url
         self._sleep = sleep
+        self._warm = warm
         self._sbx: E2BClient | None = None
         self._runs = 0
         self._closed = False
+        self._server: _WarmServer | None = None
+        self._server_lock = threading.Lock()
+        self._server_failures = 0  # in a row
+        # Set when we reattach: a server started by an earlier connection (perhaps by a
+        # dead worker) may still run in the sandbox, and nothing vouches for its state.
+        self._sweep_servers = False
 
     @property
     def sandbox_id(self) -> str | None:
@@ -148,15 +175,16 @@ class E2BSandbox:
     def run_tests(self, workspace: Workspace) -> TestResult:
         """Run pytest over `workspace` in a fresh directory of the shared sandbox."""
         files = _workspace_files(workspace)
+        run = self._run_warm if self._warm else self._run
         sbx = self._ensure()
         try:
-            return self._run(sbx, files)
+            return run(sbx, files)
         except _SDK_ERRORS as first:
             log.warning("E2B sandbox %s failed mid-run (%s); reconnecting", sbx.sandbox_id, first)
         self._sbx = None
         sbx = self._ensure()  # same sandbox if it is still alive, else a new one
         try:
-            return self._run(sbx, files)
+            return run(sbx, files)
         except _SDK_ERRORS as err:
             self._sbx = None
             raise SandboxError(
@@ -164,10 +192,15 @@ class E2BSandbox:
             ) from err
 
     def close(self) -> None:
-        """Kill the sandbox; safe to call twice or when none was ever created."""
+        """Kill the warm server and the sandbox; safe to call twice or when none was ever
+        created."""
         if self._closed:
             return
         self._closed = True
+        # Not under the server lock: a run in progress must not hold up the shutdown.
+        server, self._server = self._server, None
+        if server is not None:
+            server.kill(self._request_timeout)
         self._sbx = None
         if self._sandbox_id is not None:
             self._kill_quietly(self._sandbox_id)
@@ -200,6 +233,7 @@ class E2BSandbox:
             raise SandboxError("This E2B sandbox was closed; create a new E2BSandbox.")
         if self._sbx is None:
             sbx = self._reconnect(self._sandbox_id) if self._sandbox_id else None
+            self._sweep_servers = sbx is not None
             self._sbx = sbx or self._create()
             self._sandbox_id = self._sbx.sandbox_id
         return self._sbx
@@ -271,17 +305,32 @@ class E2BSandbox:
 
     # -- one test run ----------------------------------------------------------------
 
-    def _run(self, sbx: E2BClient, files: Mapping[str, str]) -> TestResult:
+    def _upload(self, sbx: E2BClient, files: Mapping[str, str]) -> str:
+        """Write the workspace and the report plugin into a fresh run directory."""
         self._runs += 1
         # A random suffix keeps a reattached worker from reusing a dead worker's directory.
         run_dir = f"{self._workdir}/run-{self._runs}-{secrets.token_hex(4)}"
-        support = f"{run_dir}/{_SUPPORT_DIR}"
-        report_path = f"{support}/report.json"
         entries: list[Any] = [
             {"path": f"{run_dir}/{rel}", "data": text} for rel, text in files.items()
         ]
-        entries.append({"path": f"{support}/{PLUGIN_MODULE}.py", "data": PLUGIN_SOURCE})
+        entries.append(
+            {"path": f"{run_dir}/{_SUPPORT_DIR}/{PLUGIN_MODULE}.py", "data": PLUGIN_SOURCE}
+        )
         sbx.files.write_files(entries, request_timeout=self._request_timeout)
+        return run_dir
+
+    def _read_report(self, sbx: E2BClient, run_dir: str) -> str | None:
+        try:
+            return sbx.files.read(
+                f"{run_dir}/{_SUPPORT_DIR}/report.json", request_timeout=self._request_timeout
+            )
+        except FileNotFoundException:
+            return None  # pytest never finished; result_from_report makes it an error
+
+    def _run(self, sbx: E2BClient, files: Mapping[str, str]) -> TestResult:
+        run_dir = self._upload(sbx, files)
+        support = f"{run_dir}/{_SUPPORT_DIR}"
+        report_path = f"{support}/report.json"
 
         # The env names only run paths: the API key never enters the sandbox.
         envs = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": support, REPORT_ENV: report_path}
@@ -319,13 +368,9 @@ class E2BSandbox:
             raise _StreamLost(f"output stream of pid {handle.pid} broke off: {err}") from err
         duration = time.monotonic() - started
         timed_out = exit_code in _TIMEOUT_EXIT_CODES and duration >= self._test_timeout
-        try:
-            report = sbx.files.read(report_path, request_timeout=self._request_timeout)
-        except FileNotFoundException:
-            report = None  # pytest never finished; result_from_report makes it an error
         result = result_from_report(
             exit_code=exit_code,
-            report_json=report,
+            report_json=self._read_report(sbx, run_dir),
             output="",
             duration=duration,
             timed_out=timed_out,
@@ -339,6 +384,292 @@ class E2BSandbox:
             sbx.commands.kill(pid, request_timeout=self._request_timeout)
         except _SDK_ERRORS as err:
             log.warning("could not kill pid %s in E2B sandbox %s: %s", pid, sbx.sandbox_id, err)
+
+    # -- warm runs -------------------------------------------------------------------
+
+    def server_modules(self) -> list[str]:
+        """Every module the warm server holds (to check it never imported user code)."""
+        if not self._warm:
+            raise SandboxError("server_modules() needs E2BSandbox(warm=True).")
+        sbx = self._ensure()
+        with self._server_lock:
+            try:
+                server = self._warm_server(sbx)
+                request = {"cmd": "modules", "id": uuid.uuid4().hex}
+                reply = server.call(request, time.monotonic() + 30, self._request_timeout)
+            except _ServerFailed as err:
+                raise SandboxError(f"the warm pytest server did not answer: {err}") from err
+        return list(reply["modules"])
+
+    def _run_warm(self, sbx: E2BClient, files: Mapping[str, str]) -> TestResult:
+        with self._server_lock:
+            if self._server_failures >= _WARM_MAX_FAILURES:
+                reason = f"warm runner off after {self._server_failures} server failures in a row"
+                return self._fallback(sbx, files, reason)
+            try:
+                server = self._warm_server(sbx)
+            except _ServerFailed as err:
+                return self._server_failed(sbx, files, f"the warm server did not start: {err}")
+            run_dir = self._upload(sbx, files)
+            shadowing = bool(workspace_module_names(dict(files)) & server.preloaded)
+            run_id = uuid.uuid4().hex
+            request = {
+                "id": run_id,
+                # Relative paths, resolved by the server: they hold wherever the sandbox's
+                # disk is rooted (the test fake roots it in a host directory).
+                "dir": posixpath.relpath(run_dir, server.cwd),
+                "timeout": self._test_timeout,
+                "cap": self._output_cap,
+                "args": _pytest_options(),
+                # A module shadowing one the server holds needs a fresh interpreter.
+                "exec": pytest_args(server.executable) if shadowing else None,
+                "path_env": {"PYTHONPATH": _SUPPORT_DIR, REPORT_ENV: f"{_SUPPORT_DIR}/report.json"},
+            }
+            started = time.monotonic()
+            # The server kills the run at the wall timeout itself; the grace covers the RPCs.
+            deadline = started + self._test_timeout + _STREAM_GRACE
+            try:
+                reply = server.call(request, deadline, self._request_timeout)
+            except _ServerFailed as err:
+                return self._server_failed(sbx, files, str(err))
+            self._server_failures = 0
+            duration = time.monotonic() - started
+        exit_code = int(reply["exit_code"])
+        timed_out = bool(reply["timed_out"])
+        output, truncated = _reply_output(reply)
+        signum = reply.get("signal")
+        if signum and not timed_out:
+            # What a cold run reports: `timeout` re-raises its child's signal on itself, and
+            # envd reports that as -1 (see _exit_code).
+            error = f"signal: {(signal.strsignal(signum) or str(signum)).lower()}"
+            exit_code = 137 if signum == signal.SIGKILL else 1
+            output += f"\n[process ended: {error}]\n"
+        result = result_from_report(
+            exit_code=exit_code,
+            report_json=self._read_report(sbx, run_dir),
+            output="",
+            duration=duration,
+            timed_out=timed_out,
+            output_cap=self._output_cap,
+        )
+        return replace(
+            result,
+            output=output,
+            output_truncated=truncated,
+            extra={"warm": True, "mode": "exec" if shadowing else "fork"},
+        )
+
+    def _warm_server(self, sbx: E2BClient) -> _WarmServer:
+        """The running server for `sbx`, started (or its stream reattached) if need be."""
+        server = self._server
+        if server is not None and server.sbx is not sbx:
+            # We reconnected: the sandbox is new (its server died with the old one) or the
+            # same one, where the sweep below kills the server we can no longer vouch for.
+            server = self._server = None
+        if server is not None and not server.ready():
+            log.warning("warm pytest server in E2B sandbox %s: %s", sbx.sandbox_id, server.why())
+            server.kill(self._request_timeout)
+            server = self._server = None
+        if server is None:
+            if self._sweep_servers:
+                self._kill_stale_servers(sbx)
+                self._sweep_servers = False
+            server = self._server = self._start_server(sbx)
+        return server
+
+    def _start_server(self, sbx: E2BClient) -> _WarmServer:
+        # Its own directory: the server's warm-up session collects from its working
+        # directory, which must hold no tests.
+        server_dir = f"{self._workdir}/warm-{secrets.token_hex(4)}"
+        started = time.monotonic()
+        try:
+            sbx.files.write_files(
+                [
+                    {"path": f"{server_dir}/{SERVER_MODULE}.py", "data": _WARM_SOURCE},
+                    {"path": f"{server_dir}/{PLUGIN_MODULE}.py", "data": PLUGIN_SOURCE},
+                ],
+                request_timeout=self._request_timeout,
+            )
+            # `exec`: the pid envd reports (and kills) is the server, not a shell around it.
+            argv = [self._python, "-B", f"{SERVER_MODULE}.py", *_pytest_options()]
+            handle = sbx.commands.run(
+                f"exec {shlex.join(argv)}",
+                background=True,
+                stdin=True,
+                envs={"PYTHONDONTWRITEBYTECODE": "1"},
+                cwd=server_dir,
+                timeout=0,  # it lives as long as the sandbox
+                retain_output=False,
+            )
+        except _SDK_ERRORS as err:
+            raise _ServerFailed(str(err)) from err
+        server = _WarmServer(sbx, handle, server_dir)
+        try:
+            hello = server.next_message(None, time.monotonic() + _SERVER_START_TIMEOUT)
+            if not hello.get("ready"):
+                raise _ServerFailed(f"unexpected greeting {hello!r}")
+        except _ServerFailed:
+            server.kill(self._request_timeout)
+            raise
+        server.preloaded = frozenset(hello.get("modules", ()))
+        server.executable = str(hello.get("executable") or self._python)
+        log.info(
+            "started warm pytest server (pid %s) in E2B sandbox %s in %.2fs",
+            server.pid,
+            sbx.sandbox_id,
+            time.monotonic() - started,
+        )
+        return server
+
+    def _kill_stale_servers(self, sbx: E2BClient) -> None:
+        """Kill warm servers an earlier connection or a dead worker left in the sandbox."""
+        try:
+            processes = sbx.commands.list(request_timeout=self._request_timeout)
+        except _SDK_ERRORS as err:
+            log.warning("could not list processes in E2B sandbox %s: %s", sbx.sandbox_id, err)
+            return
+        for process in processes:
+            if any(SERVER_MODULE in arg for arg in (process.cmd, *process.args)):
+                log.info("killing stale warm server (pid %s)", process.pid)
+                self._kill_process_quietly(sbx, process.pid)
+
+    def _server_failed(self, sbx: E2BClient, files: Mapping[str, str], reason: str) -> TestResult:
+        """Kill the server (the next run starts another) and run this one cold."""
+        self._server_failures += 1
+        if self._server is not None:
+            self._server.kill(self._request_timeout)
+            self._server = None
+        log.warning("warm pytest server in E2B sandbox %s failed: %s", sbx.sandbox_id, reason)
+        return self._fallback(sbx, files, reason)
+
+    def _fallback(self, sbx: E2BClient, files: Mapping[str, str], reason: str) -> TestResult:
+        # A fresh directory too: a child of a server that died may still run in the old one.
+        result = self._run(sbx, files)
+        return replace(result, extra={**result.extra, "warm": False, "fallback": reason})
+
+
+class _ServerFailed(Exception):
+    """The warm server died, hung or lost its stream: the run goes cold instead."""
+
+
+class _WarmServer:
+    """The host's side of one warm pytest server running in the sandbox.
+
+    A daemon thread follows the server's output stream and queues each JSON line it prints,
+    then how the stream ended: "exit" when the server ended, "lost" when only the stream
+    broke (envd keeps the process running, and drops output while nobody is connected).
+    """
+
+    def __init__(self, sbx: E2BClient, handle: CommandHandle[Any], cwd: str) -> None:
+        self.sbx = sbx
+        self.pid: int = handle.pid
+        self.cwd = cwd
+        self.preloaded: frozenset[str] = frozenset()
+        self.executable = "python3"
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stderr = _CappedOutput(4000)
+        self._ended: str | None = None
+        self._lost: str | None = None
+        self._follow(handle)
+
+    def _follow(self, handle: CommandHandle[Any]) -> None:
+        thread = threading.Thread(
+            target=self._pump, args=(handle,), name=f"e2b-warm-{self.pid}", daemon=True
+        )
+        thread.start()
+
+    def _pump(self, handle: CommandHandle[Any]) -> None:
+        partial = [""]
+
+        def on_stdout(chunk: str) -> None:
+            *lines, partial[0] = (partial[0] + chunk).split("\n")
+            for line in lines:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(message, dict):
+                    self._events.put(("message", message))
+
+        try:
+            result = handle.wait(on_stdout=on_stdout, on_stderr=self._stderr.add)
+            self._events.put(("exit", f"exit code {result.exit_code}"))
+        except CommandExitException as err:
+            self._events.put(("exit", err.error or f"exit code {err.exit_code}"))
+        except Exception as err:  # the SDK raises a bare Exception for a stream without end
+            self._events.put(("lost", f"{type(err).__name__}: {err}"))
+
+    def _note(self, kind: str, value: Any) -> None:
+        if kind == "exit":
+            self._ended = str(value)
+        elif kind == "lost":
+            self._lost = str(value)
+
+    def ready(self) -> bool:
+        """Whether the server can take a request; reattaches a stream that broke while
+        idle (nothing was due on it, so nothing was lost)."""
+        while True:
+            try:
+                kind, value = self._events.get_nowait()
+            except queue.Empty:
+                break
+            self._note(kind, value)  # answers still queued were given up on: dropped
+        if self._ended is not None:
+            return False
+        if self._lost is not None:
+            try:
+                handle = self.sbx.commands.connect(self.pid, timeout=0, retain_output=False)
+            except _SDK_ERRORS as err:
+                self._ended = f"could not reattach to its stream ({err})"
+                return False
+            self._lost = None
+            self._follow(handle)
+        return True
+
+    def why(self) -> str:
+        """Why the server cannot be used, with the tail of its stderr."""
+        if self._ended is not None:
+            reason = f"the warm server (pid {self.pid}) ended: {self._ended}"
+        elif self._lost is not None:
+            reason = f"lost the warm server's output stream (pid {self.pid}): {self._lost}"
+        else:
+            reason = f"the warm server (pid {self.pid}) did not answer in time"
+        stderr = self._stderr.text().strip()
+        return f"{reason}; stderr: {stderr[-500:]}" if stderr else reason
+
+    def call(
+        self, message: dict[str, Any], deadline: float, request_timeout: float
+    ) -> dict[str, Any]:
+        """Send one request line and wait for the answer with the same id."""
+        try:
+            self.sbx.commands.send_stdin(
+                self.pid, json.dumps(message) + "\n", request_timeout=request_timeout
+            )
+        except _SDK_ERRORS as err:
+            raise _ServerFailed(f"could not send the request to the warm server: {err}") from err
+        return self.next_message(message["id"], deadline)
+
+    def next_message(self, message_id: str | None, deadline: float) -> dict[str, Any]:
+        """The next line from the server (with `message_id`, if given) before `deadline`."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _ServerFailed(self.why())
+            try:
+                kind, value = self._events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if kind != "message":
+                self._note(kind, value)
+                raise _ServerFailed(self.why())
+            if message_id is None or value.get("id") == message_id:
+                return dict(value)
+
+    def kill(self, request_timeout: float) -> None:
+        try:
+            self.sbx.commands.kill(self.pid, request_timeout=request_timeout)
+        except _SDK_ERRORS as err:
+            log.warning("could not kill the warm server (pid %s): %s", self.pid, err)
 
 
 class _CappedOutput:
@@ -372,6 +703,24 @@ class _CappedOutput:
         if self._dropped:
             return f"{head}\n... [{self._dropped} characters clipped] ...\n{self._tail}"
         return head + self._tail
+
+
+def _pytest_options() -> list[str]:
+    """What follows `python -m pytest` in the shared invocation."""
+    args = pytest_args()
+    return args[args.index("pytest") + 1 :]
+
+
+def _reply_output(reply: Mapping[str, Any]) -> tuple[str, bool]:
+    """The warm server's head and tail of a run's output, like _CappedOutput.text()."""
+    head = base64.b64decode(reply["head"])
+    tail = base64.b64decode(reply["tail"])
+    # Counted in bytes here, not characters: the same for the ASCII pytest mostly prints.
+    dropped = int(reply["total"]) - len(head) - len(tail)
+    text_head, text_tail = head.decode("utf-8", "replace"), tail.decode("utf-8", "replace")
+    if dropped > 0:
+        return f"{text_head}\n... [{dropped} characters clipped] ...\n{text_tail}", True
+    return text_head + text_tail, False
 
 
 def _exit_code(code: int, error: str | None, output: _CappedOutput) -> int:

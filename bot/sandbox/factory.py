@@ -30,6 +30,7 @@ def build_sandbox(settings: Settings) -> Sandbox:
             # The sandbox never outlives the run's wall budget by much, even if we die.
             sandbox_timeout=int(settings.max_wall_seconds + 300),
             test_timeout=settings.test_timeout,
+            warm=settings.warm_runner,
         )
     from bot.sandbox.local import LocalSandbox, SandboxLimits
 

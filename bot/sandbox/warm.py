@@ -16,23 +16,23 @@ the child execs a fresh interpreter instead, so results match a cold run exactly
 The code under test shares the server's uid, so it can kill the server: the host notices,
 reports a sandbox error for that run and starts a new server on the next one. The server
 marks itself non-dumpable so the children cannot read its memory or its pipes via /proc.
+
+The server itself lives in `warm_server.py` (the E2B backend runs it too); this module is
+the local host side: bubblewrap, the shared dirs, and replacing a server that broke.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import inspect
 import json
 import os
 import selectors
 import subprocess
-import textwrap
 import threading
 import time
 import uuid
 import weakref
-from pathlib import PurePosixPath
 from typing import Any
 
 from bot.errors import SandboxError
@@ -66,274 +66,11 @@ from bot.sandbox.local import (
     write_workspace,
 )
 from bot.sandbox.pytest_run import REPORT_ENV, pytest_args
+from bot.sandbox.warm_server import SERVER_MODULE, server_source, workspace_module_names
 
-SERVER_MODULE = "tdd_warm_server"
+SERVER_SOURCE = server_source(contained=True)
 # Extra time the host grants the server beyond the wall timeout before declaring it hung.
 HOST_GRACE = 10.0
-
-
-def serve() -> None:  # pragma: no cover - runs inside the sandbox, as its own script
-    """The server's main loop. Self-contained: it is shipped as source into the sandbox."""
-    import atexit
-    import base64
-    import contextlib
-    import ctypes
-    import importlib
-    import json
-    import os
-    import random
-    import resource
-    import runpy
-    import select
-    import shutil
-    import signal
-    import sys
-    import threading
-    import time
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_dumpable, pr_set_child_subreaper = 4, 36
-    # Non-dumpable: children (same uid) cannot ptrace us or open /proc/<us>/fd.
-    libc.prctl(pr_set_dumpable, 0, 0, 0, 0)
-    # Orphans of a run get reparented to us, so we can reap them.
-    libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
-
-    proto_in = os.fdopen(os.dup(0), "rb")
-    proto_out = os.fdopen(os.dup(1), "wb")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)  # pytest's warm-up output must not reach the protocol pipe
-
-    def send(message: dict) -> None:
-        proto_out.write(json.dumps(message).encode() + b"\n")
-        proto_out.flush()
-
-    def scrub() -> None:
-        """Remove what a run can leave in the sandbox: /tmp, /dev/shm and SysV IPC objects
-        (the server's IPC namespace outlives runs; a cold run's does not)."""
-        for path in ("/tmp", "/dev/shm"):
-            with os.scandir(path) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.path)
-        ipc_rmid = 0
-        removers = {
-            "shm": lambda ident: libc.shmctl(ident, ipc_rmid, None),
-            "sem": lambda ident: libc.semctl(ident, 0, ipc_rmid),
-            "msg": lambda ident: libc.msgctl(ident, ipc_rmid, None),
-        }
-        for kind, remove in removers.items():
-            try:
-                with open(f"/proc/sysvipc/{kind}") as fh:
-                    rows = fh.read().splitlines()[1:]
-            except OSError:
-                continue
-            for row in rows:
-                remove(int(row.split()[1]))
-
-    class Capture:
-        """The head and the tail of a run's output, in bounded memory."""
-
-        def __init__(self, cap: int) -> None:
-            self.head_cap, self.tail_cap = cap - cap // 2, cap // 2
-            self.head, self.tail, self.total = bytearray(), bytearray(), 0
-
-        def feed(self, data: bytes) -> None:
-            self.total += len(data)
-            room = self.head_cap - len(self.head)
-            if room > 0:
-                self.head += data[:room]
-                data = data[room:]
-            if data and self.tail_cap:
-                self.tail += data
-                del self.tail[: max(0, len(self.tail) - self.tail_cap)]
-
-    # Warm-up: one empty session imports pytest, its plugins and their dependencies exactly
-    # as a real run does (including assertion rewriting of plugin modules).
-    import pytest
-
-    saved_path = list(sys.path)
-    saved_env = dict(os.environ)
-    saved_cwd = os.getcwd()
-    with contextlib.suppress(Exception):
-        pytest.main([*sys.argv[1:], "--collect-only"])  # in the still empty workdir
-    os.chdir(saved_cwd)
-    sys.path[:] = saved_path
-    os.environ.clear()
-    os.environ.update(saved_env)
-    # Each run imports the report plugin afresh (it keeps per-session counts).
-    for name in [n for n in sys.modules if n.split(".")[0] == "tdd_report_plugin"]:
-        del sys.modules[name]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    scrub()
-
-    def top_level_modules() -> list:
-        return sorted({name.split(".")[0] for name in sys.modules})
-
-    def others_alive(me: int) -> bool:
-        return any(e.isdigit() and int(e) not in (1, me) for e in os.listdir("/proc"))
-
-    def kill_everything_else(statuses: dict) -> None:
-        """SIGKILL every process of the sandbox except us and bwrap's init; reap them."""
-        me = os.getpid()
-        deadline = time.monotonic() + 5
-        while True:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(-1, signal.SIGKILL)  # atomic against forks: holds the tasklist lock
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                statuses[pid] = status
-            if not others_alive(me) or time.monotonic() > deadline:
-                return
-            time.sleep(0.002)
-
-    def child(request: dict, write_end: int) -> None:
-        os.setsid()
-        libc.prctl(pr_set_dumpable, 1, 0, 0, 0)
-        null_in = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null_in, 0)
-        os.dup2(write_end, 1)
-        os.dup2(write_end, 2)
-        os.closerange(3, 1 << 16)
-        for name, value in request["rlimits"].items():
-            limit = getattr(resource, name)
-            resource.setrlimit(limit, (value, value))
-        os.chdir(request["dir"])
-        if request.get("exec"):
-            os.execv(request["exec"][0], request["exec"])
-        sys.stdin = open(os.devnull)  # noqa: SIM115 - lives until os._exit
-        sys.path[0] = os.getcwd()  # what `python -m` puts first
-        sys.argv = ["-m", *request["args"]]
-        importlib.invalidate_caches()
-        random.seed()
-        code = 1
-        try:
-            # Exactly what `python -m pytest` runs; it ends in SystemExit.
-            runpy.run_module("pytest", run_name="__main__", alter_sys=True)
-            code = 0
-        except SystemExit as exc:
-            if exc.code is None:
-                code = 0
-            elif isinstance(exc.code, int):
-                code = exc.code
-            else:
-                print(exc.code, file=sys.stderr)
-                code = 1
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            code = 1
-        # What interpreter shutdown would do: wait for threads, run atexit, flush.
-        try:
-            threading._shutdown()  # type: ignore[attr-defined]
-            atexit._run_exitfuncs()
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(OSError):
-                    stream.flush()
-            os._exit(code & 0xFF)
-
-    def run(request: dict) -> dict:
-        read_end, write_end = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(read_end)
-                child(request, write_end)
-            finally:
-                os._exit(70)
-        os.close(write_end)
-        pidfd = os.pidfd_open(pid)
-        capture = Capture(request["cap"])
-        deadline = time.monotonic() + request["timeout"]
-        poller = select.poll()
-        poller.register(read_end, select.POLLIN)
-        poller.register(pidfd, select.POLLIN)
-        timed_out, exited, pipe_open = False, False, True
-        while not exited:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            for fd, _event in poller.poll(remaining * 1000):
-                if fd == pidfd:
-                    exited = True
-                elif fd == read_end:
-                    data = os.read(read_end, 1 << 18)
-                    if not data:
-                        poller.unregister(read_end)
-                        pipe_open = False
-                        continue
-                    capture.feed(data)
-        statuses: dict = {}
-        if timed_out:
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
-        kill_everything_else(statuses)
-        os.close(pidfd)
-        # Every writer is gone now: drain what is left in the pipe.
-        while pipe_open:
-            data = os.read(read_end, 1 << 18)
-            if not data:
-                break
-            capture.feed(data)
-        os.close(read_end)
-        status = statuses.get(pid)
-        if status is None:
-            with contextlib.suppress(ChildProcessError):
-                _, status = os.waitpid(pid, 0)
-        if status is None:
-            exit_code = 1  # lost track of the child: never report success
-        elif os.WIFSIGNALED(status):
-            exit_code = 128 + os.WTERMSIG(status)  # what bwrap reports for a cold run
-        else:
-            exit_code = os.waitstatus_to_exitcode(status)
-        scrub()
-        return {
-            "id": request["id"],
-            "exit_code": exit_code,
-            "timed_out": timed_out,
-            "head": base64.b64encode(bytes(capture.head)).decode(),
-            "tail": base64.b64encode(bytes(capture.tail)).decode(),
-            "total": capture.total,
-        }
-
-    send({"ready": True, "modules": top_level_modules()})
-    for line in proto_in:
-        request = json.loads(line)
-        if request.get("cmd") == "modules":
-            send({"modules": sorted(sys.modules)})
-        else:
-            send(run(request))
-
-
-SERVER_SOURCE = (
-    textwrap.dedent(inspect.getsource(serve)) + "\n\nif __name__ == '__main__':\n    serve()\n"
-)
-
-
-def workspace_module_names(workspace: Workspace) -> set[str]:
-    """Every name a workspace file could be imported under at top level (conservative)."""
-    names: set[str] = set()
-    for path in workspace:
-        parts = PurePosixPath(path).parts
-        names.update(parts[:-1])
-        stem, _, suffix = parts[-1].partition(".")
-        if suffix in ("py", "pyc", "pyi", "so", "pth") or not suffix:
-            names.add(stem)
-    return names
 
 
 class _Server:

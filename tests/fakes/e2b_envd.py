@@ -7,9 +7,15 @@ One threaded HTTP server plays both parts, so the real `e2b` SDK runs end to end
   creation (`create_faults`: HTTP statuses or "hang");
 * envd (`sandbox_url`): `GET /health`, `GET`/`POST /files` (multipart upload, as the SDK
   sends `str` data), and the Connect RPC `process.Process` service built from the SDK's own
-  generated WSGI stubs (JSON codec, server streaming for `Start`). Requests are routed by
-  the `E2b-Sandbox-Id` header and checked against the sandbox's `X-Access-Token`; a dead
-  sandbox answers 502 "was not found", like E2B's edge proxy.
+  generated WSGI stubs (JSON codec): `Start` and `Connect` stream a process's events,
+  `SendInput`/`CloseStdin` feed its stdin, `SendSignal` kills it, `List` shows the running
+  ones. Requests are routed by the `E2b-Sandbox-Id` header and checked against the sandbox's
+  `X-Access-Token`; a dead sandbox answers 502 "was not found", like E2B's edge proxy.
+
+Like envd, a process outlives the streams that follow it: its output fans out to whoever is
+connected at that moment (and is dropped when nobody is), and its end event reaches every
+stream still open. `cut_streams()` breaks the connections of a process's streams while it
+keeps running, as a network failure would.
 
 Commands really run on the host with `subprocess`. Each sandbox owns a private directory
 under `root` standing in for its disk: sandbox paths in the files API, a process's `cwd` and
@@ -37,13 +43,13 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
@@ -59,6 +65,7 @@ SANDBOX_HOME = "/home/user"
 DEFAULT_BASE_ENV = {"LANG": "C.UTF-8", "USER": "user", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 Fault = int | str  # an HTTP status to answer with, or "hang"
+R = TypeVar("R")
 
 
 @dataclass
@@ -70,7 +77,126 @@ class StartRecord:
     args: list[str]
     envs: dict[str, str]
     cwd: str
+    stdin: bool = False
     pid: int = 0
+
+
+class FakeProcess:
+    """One process envd started: its config, its stdin and the streams following it."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        config: process_pb.ProcessConfig,
+        tag: str | None,
+        host_prefix: bytes,
+    ) -> None:
+        self.popen = popen
+        self.config = config
+        self.tag = tag
+        self._host_prefix = host_prefix
+        self._lock = threading.Lock()
+        self._stdin_lock = threading.Lock()
+        self._subscribers: list[_Subscriber] = []
+        self._end: process_pb.ProcessEvent | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def run(self, on_end: Callable[[], None]) -> None:
+        """Pump stdout and stderr to the subscribers; after both close, reap and end."""
+        pumps = [
+            threading.Thread(target=self._pump, args=(name, pipe), daemon=True)
+            for name, pipe in (("stdout", self.popen.stdout), ("stderr", self.popen.stderr))
+        ]
+        for pump in pumps:
+            pump.start()
+
+        def finish() -> None:
+            for pump in pumps:
+                pump.join()
+            code = self.popen.wait()
+            self.close_stdin()
+            on_end()
+            self._publish(process_pb.ProcessEvent(event=Oneof("end", _end_event(code))), last=True)
+
+        threading.Thread(target=finish, daemon=True).start()
+
+    def _pump(self, name: str, pipe: Any) -> None:
+        fd = pipe.fileno()
+        while data := os.read(fd, 65536):
+            data = data.replace(self._host_prefix, b"")
+            output = Oneof(name, data)  # type: ignore[arg-type]
+            event = Oneof("data", process_pb.ProcessEvent.DataEvent(output=output))
+            self._publish(process_pb.ProcessEvent(event=event))
+        pipe.close()
+
+    def _publish(self, event: process_pb.ProcessEvent, *, last: bool = False) -> None:
+        # Nobody connected: the output is lost, as with envd.
+        with self._lock:
+            if last:
+                self._end = event
+            for sub in self._subscribers:
+                sub.events.put(event)
+                if last:
+                    sub.events.put(None)
+
+    def subscribe(self, sock: socket.socket | None) -> _Subscriber:
+        """Follow the process from now on (a stream that comes too late gets only its end)."""
+        sub = _Subscriber(queue.Queue(), sock)
+        with self._lock:
+            if self._end is not None:
+                sub.events.put(self._end)
+                sub.events.put(None)
+            else:
+                self._subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: _Subscriber) -> None:
+        with self._lock:
+            if sub in self._subscribers:
+                self._subscribers.remove(sub)
+
+    def cut_streams(self) -> int:
+        """Break the connection of every stream following this process."""
+        with self._lock:
+            subs, self._subscribers = self._subscribers, []
+        for sub in subs:
+            if sub.socket is not None:
+                with contextlib.suppress(OSError):
+                    sub.socket.shutdown(socket.SHUT_RDWR)
+            sub.events.put(None)
+        return len(subs)
+
+    def write_stdin(self, data: bytes) -> None:
+        with self._stdin_lock:
+            stdin = self.popen.stdin
+            if stdin is None or stdin.closed:
+                raise ConnectError(
+                    Code.INTERNAL, "error writing to stdin: stdin not enabled or closed"
+                )
+            try:
+                stdin.write(data)
+                stdin.flush()
+            except (BrokenPipeError, ValueError) as err:
+                raise ConnectError(
+                    Code.INTERNAL,
+                    f"error writing to stdin: error writing to stdin of process '{self.pid}': "
+                    f"{err}",
+                ) from err
+
+    def close_stdin(self) -> None:
+        with self._stdin_lock:
+            if self.popen.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self.popen.stdin.close()
+
+
+@dataclass
+class _Subscriber:
+    events: queue.Queue[process_pb.ProcessEvent | None]
+    socket: socket.socket | None
 
 
 @dataclass
@@ -84,7 +210,7 @@ class FakeSandbox:
     timeout: int | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     alive: bool = True
-    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    processes: dict[int, FakeProcess] = field(default_factory=dict)
 
     def host_path(self, path: str) -> Path:
         """Where a sandbox path lives on the host (relative paths start at the home dir)."""
@@ -211,12 +337,15 @@ class _Process(process_connect.ProcessSync):
         sbx = self._fake._sandbox_for(ctx.request_headers.get("e2b-sandbox-id", ""))
         config = request.process or process_pb.ProcessConfig()
         cwd_path = config.cwd or SANDBOX_HOME
+        # envd opens stdin unless the request turns it off explicitly.
+        stdin = not request.has_field("stdin") or request.stdin
         record = StartRecord(
             sandbox_id=sbx.sandbox_id,
             cmd=config.cmd,
             args=list(config.args),
             envs=dict(config.envs),
             cwd=cwd_path,
+            stdin=stdin,
         )
         cwd = sbx.host_path(cwd_path)
         home = sbx.host_path(SANDBOX_HOME)
@@ -229,43 +358,77 @@ class _Process(process_connect.ProcessSync):
             "HOME": str(home),
             **{k: sbx.map_env_value(v) for k, v in config.envs.items()},
         }
-        proc = subprocess.Popen(
+        popen = subprocess.Popen(
             [config.cmd, *config.args],
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        record.pid = proc.pid
+        proc = FakeProcess(
+            popen, config, request.tag if request.has_field("tag") else None, str(sbx.root).encode()
+        )
+        record.pid = popen.pid
+        # Subscribed before the pumps start: the starting stream sees all of the output.
+        sub = proc.subscribe(self._fake._stream_socket())
         with self._fake._lock:
-            sbx.processes[proc.pid] = proc
+            sbx.processes[popen.pid] = proc
             self._fake.starts.append(record)
-        return self._stream(sbx, proc)
 
-    def _stream(
-        self, sbx: FakeSandbox, proc: subprocess.Popen[bytes]
-    ) -> Iterator[process_pb.StartResponse]:
-        # Reader threads drain the pipes even after the client goes away: like envd, a
-        # disconnect does not stop the process.
-        chunks: queue.Queue[tuple[str, bytes | None]] = queue.Queue()
-        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-            threading.Thread(target=_pump, args=(name, pipe, chunks), daemon=True).start()
-        yield _event(Oneof("start", process_pb.ProcessEvent.StartEvent(pid=proc.pid)))
-        host_prefix = str(sbx.root).encode()
-        open_pipes = 2
-        while open_pipes:
-            name, data = chunks.get()
-            if data is None:
-                open_pipes -= 1
-                continue
-            data = data.replace(host_prefix, b"")
-            output = Oneof(name, data)  # type: ignore[arg-type]
-            yield _event(Oneof("data", process_pb.ProcessEvent.DataEvent(output=output)))
-        code = proc.wait()
+        def forget() -> None:
+            with self._fake._lock:
+                sbx.processes.pop(popen.pid, None)
+
+        proc.run(on_end=forget)
+        return _follow(proc, sub, process_pb.StartResponse)
+
+    def connect(
+        self,
+        request: process_pb.ConnectRequest,
+        ctx: RequestContext[process_pb.ConnectRequest, process_pb.ConnectResponse],
+    ) -> Iterator[process_pb.ConnectResponse]:
+        sbx = self._fake._sandbox_for(ctx.request_headers.get("e2b-sandbox-id", ""))
+        proc = _find(sbx, request.process)
         with self._fake._lock:
-            sbx.processes.pop(proc.pid, None)
-        yield _event(Oneof("end", _end_event(code)))
+            self._fake.connects.append(proc.pid)
+        return _follow(
+            proc, proc.subscribe(self._fake._stream_socket()), process_pb.ConnectResponse
+        )
+
+    def list(
+        self,
+        request: process_pb.ListRequest,
+        ctx: RequestContext[process_pb.ListRequest, process_pb.ListResponse],
+    ) -> process_pb.ListResponse:
+        sbx = self._fake._sandbox_for(ctx.request_headers.get("e2b-sandbox-id", ""))
+        with self._fake._lock:
+            procs = list(sbx.processes.values())
+        return process_pb.ListResponse(
+            processes=[process_pb.ProcessInfo(config=p.config, pid=p.pid, tag=p.tag) for p in procs]
+        )
+
+    def send_input(
+        self,
+        request: process_pb.SendInputRequest,
+        ctx: RequestContext[process_pb.SendInputRequest, process_pb.SendInputResponse],
+    ) -> process_pb.SendInputResponse:
+        sbx = self._fake._sandbox_for(ctx.request_headers.get("e2b-sandbox-id", ""))
+        proc = _find(sbx, request.process)
+        data = request.input.input if request.input is not None else None
+        if data is None or data.field != "stdin":
+            raise ConnectError(Code.UNIMPLEMENTED, "the fake envd has no pty")
+        proc.write_stdin(data.value)
+        return process_pb.SendInputResponse()
+
+    def close_stdin(
+        self,
+        request: process_pb.CloseStdinRequest,
+        ctx: RequestContext[process_pb.CloseStdinRequest, process_pb.CloseStdinResponse],
+    ) -> process_pb.CloseStdinResponse:
+        sbx = self._fake._sandbox_for(ctx.request_headers.get("e2b-sandbox-id", ""))
+        _find(sbx, request.process).close_stdin()
+        return process_pb.CloseStdinResponse()
 
     def send_signal(
         self,
@@ -273,25 +436,40 @@ class _Process(process_connect.ProcessSync):
         ctx: RequestContext[process_pb.SendSignalRequest, process_pb.SendSignalResponse],
     ) -> process_pb.SendSignalResponse:
         sbx = self._fake._sandbox_for(ctx.request_headers.get("e2b-sandbox-id", ""))
-        selector = request.process.selector if request.process else None
-        pid = selector.value if selector is not None and selector.field == "pid" else None
-        if pid not in sbx.processes:
-            raise ConnectError(Code.NOT_FOUND, f"process with pid {pid} not found")
+        proc = _find(sbx, request.process)
         sig = signal.SIGTERM if request.signal == process_pb.Signal.SIGTERM else signal.SIGKILL
-        kill_tree(int(pid), sig)
+        # envd signals only the process; the tree here keeps `timeout`'s group from
+        # outliving a killed cold run on the test host.
+        kill_tree(proc.pid, sig)
         return process_pb.SendSignalResponse()
 
 
-def _pump(name: str, pipe: Any, chunks: queue.Queue[tuple[str, bytes | None]]) -> None:
-    fd = pipe.fileno()
-    while data := os.read(fd, 65536):
-        chunks.put((name, data))
-    pipe.close()
-    chunks.put((name, None))
+def _find(sbx: FakeSandbox, selector: process_pb.ProcessSelector | None) -> FakeProcess:
+    """The process a selector names, or envd's NOT_FOUND error."""
+    choice = selector.selector if selector is not None else None
+    if choice is None:
+        raise ConnectError(Code.UNIMPLEMENTED, "invalid input type: no process selector")
+    procs = list(sbx.processes.values())
+    found = [p for p in procs if (p.pid if choice.field == "pid" else p.tag) == choice.value]
+    if not found:
+        raise ConnectError(Code.NOT_FOUND, f"process with {choice.field} {choice.value} not found")
+    return found[0]
 
 
-def _event(payload: Any) -> process_pb.StartResponse:
-    return process_pb.StartResponse(event=process_pb.ProcessEvent(event=payload))
+def _follow(proc: FakeProcess, sub: _Subscriber, response: Callable[..., R]) -> Iterator[R]:
+    """A Start or Connect stream: the start event, then the process's events from now on."""
+    try:
+        yield response(event=_start_event(proc.pid))
+        while (event := sub.events.get()) is not None:
+            yield response(event=event)
+    finally:
+        proc.unsubscribe(sub)
+
+
+def _start_event(pid: int) -> process_pb.ProcessEvent:
+    return process_pb.ProcessEvent(
+        event=Oneof("start", process_pb.ProcessEvent.StartEvent(pid=pid))
+    )
 
 
 def _end_event(returncode: int) -> process_pb.ProcessEvent.EndEvent:
@@ -348,10 +526,12 @@ class FakeE2B:
         self.create_requests: list[dict[str, Any]] = []
         self.create_keys: list[str | None] = []  # Idempotency-Key of each create request
         self.starts: list[StartRecord] = []
+        self.connects: list[int] = []  # pids that a Connect stream followed
         self.envd_headers: list[dict[str, str]] = []
         self.sandboxes: dict[str, FakeSandbox] = {}
         self._by_idempotency_key: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()  # the connection the current request came in on
         self._stopping = threading.Event()
         self._rpc = process_connect.ProcessWSGIApplication(_Process(self))
         self._server: _Server | None = None
@@ -413,6 +593,11 @@ class FakeE2B:
         sbx = self.sandboxes[sandbox_id]
         sbx.alive = False
         sbx.kill_all()
+
+    def cut_streams(self, sandbox_id: str, pid: int) -> int:
+        """Break every Start/Connect stream following `pid`; the process keeps running.
+        Returns how many streams were cut."""
+        return self.sandboxes[sandbox_id].processes[pid].cut_streams()
 
     def created(self) -> list[str]:
         """Ids of sandboxes created through the API, in order."""
@@ -517,6 +702,9 @@ class FakeE2B:
             "envdAccessToken": sbx.access_token,
         }
 
+    def _stream_socket(self) -> socket.socket | None:
+        return getattr(self._local, "socket", None)
+
     def _sandbox_for(self, sandbox_id: str) -> FakeSandbox:
         sbx = self.sandboxes.get(sandbox_id)
         if sbx is None or not sbx.alive:
@@ -555,6 +743,7 @@ class FakeE2B:
         if path == "/files":
             return self._files(sbx, environ, start_response, method)
         if path.startswith("/process.Process/"):
+            self._local.socket = environ["fake.socket"]
             if path.endswith("/Start") and self._take_drop():
                 # A promised length the body never reaches makes the cut a transport
                 # error for the client, as a reset HTTP/2 stream is against real E2B.
