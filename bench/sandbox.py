@@ -24,7 +24,8 @@ from pathlib import Path
 
 from bench.common import Report, Target, median, parser, percentile, ratio, run_main
 from bot.sandbox.base import TestResult, Workspace
-from bot.sandbox.local import LocalSandbox, SandboxLimits
+from bot.sandbox.jail import SandboxLimits
+from bot.sandbox.local import LocalSandbox
 from bot.sandbox.pytest_run import PLUGIN_MODULE, PLUGIN_SOURCE, REPORT_ENV, pytest_args
 
 COLD_TARGET = 1.10

@@ -25,16 +25,10 @@ import pytest
 
 from bot.errors import SandboxUnavailable
 from bot.sandbox.base import Sandbox, TestResult
-from bot.sandbox.local import (
-    GiB,
-    HeadTail,
-    KiB,
-    LocalSandbox,
-    MiB,
-    SandboxLimits,
-    remove_tree,
-    safe_relpath,
-)
+from bot.sandbox.capture import HeadTail
+from bot.sandbox.jail import GiB, KiB, MiB, SandboxLimits
+from bot.sandbox.local import LocalSandbox
+from bot.sandbox.rundir import remove_tree, safe_relpath
 from bot.sandbox.seccomp import (
     AF_VSOCK,
     EAFNOSUPPORT,

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.sandbox.base import TestResult
-from bot.sandbox.local import KiB, LocalSandbox, MiB, SandboxLimits
+from bot.sandbox.jail import KiB, MiB, SandboxLimits
+from bot.sandbox.local import LocalSandbox
 from bot.sandbox.warm import WarmLocalSandbox, workspace_module_names
 
 pytestmark = pytest.mark.slow

@@ -32,7 +32,8 @@ def build_sandbox(settings: Settings) -> Sandbox:
             test_timeout=settings.test_timeout,
             warm=settings.warm_runner,
         )
-    from bot.sandbox.local import LocalSandbox, SandboxLimits
+    from bot.sandbox.jail import SandboxLimits
+    from bot.sandbox.local import LocalSandbox
 
     limits = SandboxLimits(wall_seconds=settings.test_timeout)  # type: ignore[call-arg]
     if settings.warm_runner:

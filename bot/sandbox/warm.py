@@ -37,35 +37,30 @@ from typing import Any
 
 from bot.errors import SandboxError
 from bot.sandbox.base import TestResult, Workspace
-from bot.sandbox.local import (
+from bot.sandbox.capture import KILL_GRACE, HeadTail, build_result, kill_group, read_report
+from bot.sandbox.jail import (
     BWRAP_ENV,
     IN_LIB,
     IN_OUT,
     IN_REPORT,
     IN_WORK,
-    KILL_GRACE,
-    PROBE_TIMEOUT,
     Bind,
-    HeadTail,
     HostSetup,
-    RunDir,
     SandboxLimits,
-    UidLease,
-    build_result,
-    kill_group,
-    make_private_dir,
-    probe,
-    pycache_binds,
-    pytest_options,
-    read_report,
-    remove_tree,
     seccomp_fd,
-    sweep_stale_dirs,
     write_etc,
     write_lib,
+)
+from bot.sandbox.local import PROBE_TIMEOUT, probe, pycache_binds, pytest_options
+from bot.sandbox.pytest_run import REPORT_ENV, pytest_args
+from bot.sandbox.rundir import (
+    RunDir,
+    UidLease,
+    make_private_dir,
+    remove_tree,
+    sweep_stale_dirs,
     write_workspace,
 )
-from bot.sandbox.pytest_run import REPORT_ENV, pytest_args
 from bot.sandbox.warm_server import SERVER_MODULE, server_source, workspace_module_names
 
 SERVER_SOURCE = server_source(contained=True)
