@@ -10,8 +10,8 @@ durations (`model` + `sandbox`) of that same run: everything above it is the bot
 overhead (webhook, queue, GitHub calls, journal, worker).
 
 Worker modes, one after the other, each warmed up by one untimed issue first:
-- `fork`: the Procfile's worker (`rq worker --with-scheduler ...`), which forks a work horse
-  per job, so every job imports the job module and builds its clients again;
+- `fork`: the Procfile's worker line as written (`rq worker -c jobs.worker_config ...`), which
+  forks a work horse per job from a parent that has the job code imported;
 - `simple`: the same with `-w rq.worker.SimpleWorker` (jobs run in the worker process).
 
     uv run python -m bench.e2e [--repeat 3] [--modes fork,simple] [--json PATH]
@@ -83,8 +83,7 @@ Target: calc.py
 """
 GOOD = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
 HALF = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a + b\n"
-PROCFILE_FLAGS = ["--with-scheduler", "--maintenance-interval", "30"]
-PROCFILE_FLAGS += ["--job-monitoring-interval", "10"]
+PROCFILE_WORKER = ROOT / "Procfile"
 WORKER_CLASS = {"fork": None, "simple": "rq.worker.SimpleWorker"}
 POLL = 0.01
 
@@ -137,11 +136,19 @@ def web_app(redis_url: str) -> Iterator[str]:
         thread.join(timeout=5)
 
 
+def procfile_worker_args() -> list[str]:
+    """The arguments of the Procfile's `worker:` line after `rq`, so the bench runs it as is."""
+    for line in PROCFILE_WORKER.read_text().splitlines():
+        if line.startswith("worker:"):
+            words = line.split(":", 1)[1].split()
+            return words[words.index("rq") + 1 :]
+    raise RuntimeError("Procfile has no worker: line")
+
+
 @contextmanager
 def worker(mode: str, env: dict[str, str], client: redis.Redis, log: Path) -> Iterator[None]:
     """A long-running RQ worker process on the bot's queue, as the Procfile starts it."""
-    argv = [sys.executable, "-m", "rq.cli", "worker", "tdd-agent", "--url", env["REDIS_URL"]]
-    argv += PROCFILE_FLAGS
+    argv = [sys.executable, "-m", "rq.cli", *procfile_worker_args()]
     if WORKER_CLASS[mode]:
         argv += ["-w", WORKER_CLASS[mode]]
     with log.open("ab") as out:

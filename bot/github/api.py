@@ -19,8 +19,6 @@ from githubkit.cache import MemCacheStrategy
 from githubkit.exception import GitHubException, RateLimitExceeded, RequestFailed
 from githubkit.typing import RetryOption
 
-from bot.errors import GitHubError
-
 log = logging.getLogger("tdd_agent.github")
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
 # githubkit sends X-GitHub-Api-Version 2026-03-10, the version its bundled models describe;
@@ -105,6 +103,7 @@ class RepoApi:
         self.gh = gh
         self.owner = owner
         self.repo = repo
+        self._trees: dict[str, str] = {}
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -121,7 +120,11 @@ class RepoApi:
         return ref.parsed_data.object_.sha
 
     def commit_tree(self, commit_sha: str) -> str:
-        return self.gh.rest.git.get_commit(self.owner, self.repo, commit_sha).parsed_data.tree.sha
+        """The tree of a commit (cached: commits never change)."""
+        if commit_sha not in self._trees:
+            commit = self.gh.rest.git.get_commit(self.owner, self.repo, commit_sha).parsed_data
+            self._trees[commit_sha] = commit.tree.sha
+        return self._trees[commit_sha]
 
     def read_tree(self, commit_sha: str, *, max_bytes: int = 2_000_000) -> dict[str, str]:
         """The text files at a commit (binary and oversized files skipped)."""
@@ -253,22 +256,17 @@ class RepoApi:
         return commit
 
     def point_branch(self, branch: str, sha: str) -> None:
-        if self.branch_sha(branch) is not None:
-            self.gh.rest.git.update_ref(
-                self.owner, self.repo, f"heads/{branch}", sha=sha, force=True
-            )
-            return
+        """Create `branch` at `sha`, or force-move it there when it exists."""
         try:
             self.gh.rest.git.create_ref(self.owner, self.repo, ref=f"refs/heads/{branch}", sha=sha)
+            return
         except RequestFailed as exc:
-            # 422: it exists after all (a concurrent or earlier attempt); 5xx: it may exist.
+            # 422: it exists (an earlier run or /retry); 5xx: the create may have landed.
             if exc.response.status_code != 422 and exc.response.status_code < 500:
                 raise
-            if self.branch_sha(branch) is None:
+            if exc.response.status_code >= 500 and self.branch_sha(branch) is None:
                 raise
-            self.gh.rest.git.update_ref(
-                self.owner, self.repo, f"heads/{branch}", sha=sha, force=True
-            )
+        self.gh.rest.git.update_ref(self.owner, self.repo, f"heads/{branch}", sha=sha, force=True)
 
     # -- pull requests ---------------------------------------------------------------------
 
@@ -328,20 +326,7 @@ class RepoApi:
     def check_run(
         self, *, name: str, head_sha: str, conclusion: str, output: dict[str, str]
     ) -> int:
-        """Create the check run on `head_sha`, or update ours if it already exists there."""
-        existing = self.gh.rest.checks.list_for_ref(
-            self.owner, self.repo, head_sha, check_name=name
-        ).parsed_data.check_runs
-        if existing:
-            self.gh.rest.checks.update(
-                self.owner,
-                self.repo,
-                existing[0].id,
-                status="completed",
-                conclusion=conclusion,
-                output=output,
-            )
-            return existing[0].id
+        """The completed check run on `head_sha` (always a commit the bot just made)."""
         return self.gh.rest.checks.create(
             self.owner,
             self.repo,
@@ -351,8 +336,3 @@ class RepoApi:
             conclusion=conclusion,
             output=output,
         ).parsed_data.id
-
-
-def raise_github(exc: BaseException, what: str) -> GitHubError:
-    """A GitHubError that says what failed and GitHub's own message."""
-    return GitHubError(f"GitHub failed to {what}: {message_of(exc)}")
