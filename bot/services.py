@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+import certifi
 import redis
 from githubkit import GitHub
 from githubkit.cache import MemCacheStrategy
@@ -16,6 +19,13 @@ from bot.github.api import RepoApi, app_client
 from bot.redis_server import connect
 from bot.sandbox.base import Sandbox
 from bot.sandbox.factory import build_sandbox
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process: loading the CA bundle costs ~20 ms per HTTP client,
+    and a worker builds several clients per job (the worker's parent warms this)."""
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def private_key(settings: Settings) -> str:
@@ -56,6 +66,7 @@ class Services:
                 private_key=private_key(self.settings),
                 base_url=self.settings.github_api_url,
                 cache=self._cache,
+                tls=tls_context(),
             )
         return self._app
 
@@ -72,6 +83,7 @@ class Services:
             base_url=self.settings.groq_base_url,
             timeout=self.settings.groq_timeout,
             max_retries=self.settings.groq_max_retries,
+            tls=tls_context(),
         )
 
     def sandbox(self) -> Sandbox:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from typing import Any, Protocol
 
@@ -60,10 +61,22 @@ class GroqModel:
 
     @classmethod
     def build(
-        cls, *, api_key: str, base_url: str | None, timeout: float, max_retries: int
+        cls,
+        *,
+        api_key: str,
+        base_url: str | None,
+        timeout: float,
+        max_retries: int,
+        tls: ssl.SSLContext | bool = True,
     ) -> GroqModel:
         return cls(
-            groq.Groq(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+            groq.Groq(
+                api_key=api_key,
+                base_url=base_url,
+                timeout=timeout,
+                max_retries=max_retries,
+                http_client=groq.DefaultHttpxClient(verify=tls),
+            )
         )
 
     def complete(self, request: Request) -> Reply:

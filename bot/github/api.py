@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -56,14 +57,19 @@ def app_client(
     base_url: str,
     cache: MemCacheStrategy | None = None,
     retry: SafeRetry | None = None,
+    tls: ssl.SSLContext | bool = True,
 ) -> GitHub[Any]:
-    """The App-level client (JWT auth); per-installation clients come from `for_installation`."""
+    """The App-level client (JWT auth); installation clients derive from it (`with_auth`).
+
+    `http_cache=False`: with hishel's cache on, githubkit requests lose their timeout.
+    """
     return GitHub(
         AppAuthStrategy(str(app_id), private_key),
         base_url=base_url.rstrip("/") + "/",
         cache_strategy=cache or MemCacheStrategy(),
         auto_retry=retry or SafeRetry(),
         http_cache=False,
+        ssl_verify=tls,
     )
 
 
