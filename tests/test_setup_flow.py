@@ -25,7 +25,6 @@ from bot.github.setup_flow import (
     MemoryStateStore,
     RedisStateStore,
     load_manifest,
-    parse_simple_yaml,
     render_env,
     setup_router,
 )
@@ -126,29 +125,16 @@ def test_app_yml_is_the_bots_manifest() -> None:
     assert manifest["hook_attributes"]["active"] is True
 
 
-def test_fallback_reader_agrees_with_pyyaml() -> None:
-    yaml = pytest.importorskip("yaml")
-    text = APP_YML.read_text(encoding="utf-8")
-    assert parse_simple_yaml(text) == yaml.safe_load(text)
-
-
-@pytest.mark.parametrize(
-    ("text", "problem"),
-    [
-        ("a: &x 1\n", "anchor"),
-        ("a: [1, 2]\n", "flow"),
-        ("a: |\n  text\n", "block scalar"),
-        ("a: 1\na: 2\n", "duplicate key"),
-        ("a:\n  - b: 1\n", "list items must be plain scalars"),
-        ("a: 1\n    b: 2\n", "unexpected indentation"),
-        ("mode: 0755\n", "octal"),
-    ],
-)
-def test_fallback_reader_names_what_it_does_not_support(text: str, problem: str) -> None:
-    with pytest.raises(ConfigError, match=problem) as info:
-        parse_simple_yaml(text, source="app.yml")
-    assert "app.yml, line" in str(info.value)
-    assert "PyYAML" in str(info.value)
+def test_an_invalid_manifest_is_a_clear_configuration_error(tmp_path: Path) -> None:
+    broken = tmp_path / "app.yml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_manifest(broken)
+    broken.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_manifest(broken)
+    with pytest.raises(ConfigError, match=r"restore app\.yml"):
+        load_manifest(tmp_path / "missing.yml")
 
 
 # -- GET / -------------------------------------------------------------------------------------

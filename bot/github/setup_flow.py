@@ -43,6 +43,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import redis
+import yaml
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 from fastapi import APIRouter, Request
@@ -82,166 +83,12 @@ def load_manifest(path: Path) -> dict[str, Any]:
             f"cannot read the app manifest {path}: {exc}; restore app.yml from the repository"
         ) from exc
     try:
-        import yaml  # PyYAML is optional: the fallback reader covers plain block YAML.
-    except ImportError:
-        data = parse_simple_yaml(text, source=str(path))
-    else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must be a YAML mapping (name, url, hook_attributes, ...)")
     return data
-
-
-_TRUE = {"true", "yes", "on"}
-_FALSE = {"false", "no", "off"}
-_KEY = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]*)[ \t]*:(?:[ \t]+(.*))?")
-
-
-@dataclass(frozen=True)
-class _Line:
-    number: int
-    indent: int
-    text: str
-
-    @property
-    def is_item(self) -> bool:
-        return self.text == "-" or self.text.startswith("- ")
-
-
-class _YamlSubsetError(ConfigError):
-    def __init__(self, source: str, line: int, problem: str) -> None:
-        super().__init__(
-            f"{source}, line {line}: {problem}. Without PyYAML only plain block YAML is read "
-            "(mappings, '- ' lists, scalars, comments): simplify the file or install PyYAML."
-        )
-
-
-def parse_simple_yaml(text: str, *, source: str = "<yaml>") -> Any:
-    """Parse the block-YAML subset app.yml uses; anything else raises ConfigError."""
-    lines = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        content = _strip_comment(raw).rstrip()
-        if not content.strip():
-            continue
-        stripped = content.lstrip(" ")
-        if stripped.startswith("\t"):
-            raise _YamlSubsetError(source, number, "tabs are not allowed for indentation")
-        if stripped in ("---", "...") or stripped.startswith("%"):
-            raise _YamlSubsetError(source, number, "document markers are not supported")
-        lines.append(_Line(number, len(content) - len(stripped), stripped))
-    if not lines:
-        return None
-    value, pos = _parse_block(lines, 0, source)
-    if pos != len(lines):
-        raise _YamlSubsetError(source, lines[pos].number, "unexpected indentation")
-    return value
-
-
-def _strip_comment(line: str) -> str:
-    # A '#' opens a comment at the start or after whitespace, but not inside quotes.
-    quote_char: str | None = None
-    i = 0
-    while i < len(line):
-        ch = line[i]
-        if quote_char is not None:
-            if ch == "\\" and quote_char == '"':
-                i += 1
-            elif ch == quote_char:
-                quote_char = None
-        elif ch in "\"'" and (i == 0 or line[i - 1] in " \t"):
-            quote_char = ch
-        elif ch == "#" and (i == 0 or line[i - 1] in " \t"):
-            return line[:i]
-        i += 1
-    return line
-
-
-def _parse_block(lines: list[_Line], pos: int, source: str) -> tuple[Any, int]:
-    if lines[pos].is_item:
-        return _parse_list(lines, pos, source)
-    return _parse_mapping(lines, pos, source)
-
-
-def _parse_list(lines: list[_Line], pos: int, source: str) -> tuple[list[Any], int]:
-    indent = lines[pos].indent
-    items: list[Any] = []
-    while pos < len(lines) and lines[pos].indent == indent and lines[pos].is_item:
-        line = lines[pos]
-        rest = line.text[1:].strip()
-        if not rest or _KEY.fullmatch(rest):
-            raise _YamlSubsetError(source, line.number, "list items must be plain scalars")
-        items.append(_scalar(rest, line.number, source))
-        pos += 1
-    if pos < len(lines) and lines[pos].indent > indent:
-        raise _YamlSubsetError(source, lines[pos].number, "unexpected indentation")
-    return items, pos
-
-
-def _parse_mapping(lines: list[_Line], pos: int, source: str) -> tuple[dict[str, Any], int]:
-    indent = lines[pos].indent
-    result: dict[str, Any] = {}
-    while pos < len(lines) and lines[pos].indent == indent:
-        line = lines[pos]
-        match = _KEY.fullmatch(line.text)
-        if match is None:
-            raise _YamlSubsetError(source, line.number, "expected 'key: value'")
-        key, rest = match[1], match[2]
-        if key in result:
-            raise _YamlSubsetError(source, line.number, f"duplicate key {key!r}")
-        pos += 1
-        if rest:
-            result[key] = _scalar(rest.strip(), line.number, source)
-            continue
-        nested = pos < len(lines) and (
-            lines[pos].indent > indent or (lines[pos].indent == indent and lines[pos].is_item)
-        )
-        if nested:
-            result[key], pos = _parse_block(lines, pos, source)
-        else:
-            result[key] = None
-    if pos < len(lines) and lines[pos].indent > indent:
-        raise _YamlSubsetError(source, lines[pos].number, "unexpected indentation")
-    return result, pos
-
-
-def _scalar(text: str, number: int, source: str) -> Any:
-    if text == "[]":
-        return []
-    if text == "{}":
-        return {}
-    if text[0] in "&*!|>[{@`":
-        raise _YamlSubsetError(source, number, f"{text[0]!r} (flow, anchor, tag or block scalar)")
-    if text[0] == '"':
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = None
-        if not isinstance(value, str):
-            raise _YamlSubsetError(source, number, "unsupported double-quoted string")
-        return value
-    if text[0] == "'":
-        if len(text) < 2 or not text.endswith("'"):
-            raise _YamlSubsetError(source, number, "unterminated single-quoted string")
-        return text[1:-1].replace("''", "'")
-    lowered = text.lower()
-    if lowered in ("null", "~"):
-        return None
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    if re.fullmatch(r"[-+]?(?:0|[1-9][0-9]*)", text):
-        return int(text)
-    if re.fullmatch(r"[-+]?[0-9]+", text):
-        raise _YamlSubsetError(source, number, f"{text} would be octal in YAML 1.1; quote it")
-    if re.fullmatch(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", text):
-        return float(text)
-    if ": " in text or text.endswith(":"):
-        raise _YamlSubsetError(source, number, "': ' inside a plain scalar; quote the value")
-    return text
 
 
 def build_manifest(
