@@ -18,8 +18,6 @@ Decisions:
   `StateStore`: `MemoryStateStore` for one web process, `RedisStateStore` when several
   processes serve the web app. A state is put back only when the exchange failed on GitHub's
   side (5xx, network), so reloading the callback page retries with the same code.
-- `app.yml` is read with PyYAML when it is installed, otherwise with a small reader for plain
-  block YAML (mappings, "- " lists, scalars, comments) that rejects anything else by name.
 - Secrets (pem, webhook secret, client secret) are never logged or rendered.
 """
 
