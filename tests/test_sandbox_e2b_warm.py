@@ -304,7 +304,7 @@ def test_close_kills_the_server_and_the_sandbox(
 
     assert fake.alive() == []
     assert wait_until(lambda: box.live_processes() == [], 5)
-    assert not pid_alive(start.pid)
+    assert wait_until(lambda: not pid_alive(start.pid), 5)  # reaped, not just killed
     kill = next(i for i, c in enumerate(fake.calls) if "/process.Process/SendSignal" in c)
     assert kill < fake.calls.index(f"DELETE /sandboxes/{start.sandbox_id}")
 

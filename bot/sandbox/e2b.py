@@ -13,11 +13,8 @@ hung or lost its stream is killed and the run falls back to a cold one, so no ru
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import posixpath
-import queue
 import random
 import secrets
 import shlex
@@ -30,24 +27,29 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import httpx
-from connectrpc.errors import ConnectError
 from e2b import Sandbox as E2BClient
 from e2b.exceptions import (
     AuthenticationException,
     FileNotFoundException,
     NotFoundException,
     RateLimitException,
-    SandboxException,
     SandboxNotRunningException,
     SandboxUnreachableException,
     ServiceBusyException,
     TimeoutException,
 )
 from e2b.sandbox.commands.command_handle import CommandExitException
-from e2b.sandbox_sync.commands.command_handle import CommandHandle
 
 from bot.errors import ConfigError, SandboxError
 from bot.sandbox.base import TestResult, Workspace
+from bot.sandbox.e2b_warm import (
+    SDK_ERRORS,
+    CappedOutput,
+    ServerFailed,
+    StreamLost,
+    WarmServer,
+    reply_output,
+)
 from bot.sandbox.pytest_run import (
     DEFAULT_OUTPUT_CAP,
     PLUGIN_MODULE,
@@ -63,20 +65,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class _StreamLost(Exception):
-    """A command's output stream ended without its end event."""
-
-
-# Failures of the SDK, its transport or the sandbox, as opposed to the code under test.
-# ConnectError escapes the SDK unmapped when a stream drops while the sandbox stays healthy.
-_SDK_ERRORS: tuple[type[BaseException], ...] = (
-    _StreamLost,
-    SandboxException,
-    ServiceBusyException,
-    ConnectError,
-    httpx.HTTPError,
-    OSError,
-)
 # `timeout` exits 124 after its signal, but with `-s KILL` it usually dies with its process
 # group: bash reports 137, and envd reports a signal death as -1 ("signal: killed").
 _TIMEOUT_EXIT_CODES = (124, 137)
@@ -151,7 +139,7 @@ class E2BSandbox:
         self._sbx: E2BClient | None = None
         self._runs = 0
         self._closed = False
-        self._server: _WarmServer | None = None
+        self._server: WarmServer | None = None
         self._server_lock = threading.Lock()
         self._server_failures = 0  # in a row
         # Set when we reattach: a server started by an earlier connection (perhaps by a
@@ -179,13 +167,13 @@ class E2BSandbox:
         sbx = self._ensure()
         try:
             return run(sbx, files)
-        except _SDK_ERRORS as first:
+        except SDK_ERRORS as first:
             log.warning("E2B sandbox %s failed mid-run (%s); reconnecting", sbx.sandbox_id, first)
         self._sbx = None
         sbx = self._ensure()  # same sandbox if it is still alive, else a new one
         try:
             return run(sbx, files)
-        except _SDK_ERRORS as err:
+        except SDK_ERRORS as err:
             self._sbx = None
             raise SandboxError(
                 f"E2B sandbox {sbx.sandbox_id} failed twice while running tests: {err}"
@@ -248,7 +236,7 @@ class E2BSandbox:
             raise _auth_error(err) from err
         except NotFoundException:
             log.info("E2B sandbox %s is gone; creating a new one", sandbox_id)
-        except _SDK_ERRORS as err:
+        except SDK_ERRORS as err:
             log.warning("cannot reconnect to E2B sandbox %s (%s); replacing it", sandbox_id, err)
             # It may still be alive and billing until its timeout.
             self._kill_quietly(sandbox_id)
@@ -280,7 +268,7 @@ class E2BSandbox:
                 return op()
             except AuthenticationException as err:
                 raise _auth_error(err) from err
-            except _SDK_ERRORS as err:
+            except SDK_ERRORS as err:
                 if not _retryable(err):
                     raise SandboxError(f"Could not {what}: {err}") from err
                 last = err
@@ -299,7 +287,7 @@ class E2BSandbox:
     def _kill_quietly(self, sandbox_id: str) -> None:
         try:
             E2BClient.kill(sandbox_id, **self._params(self._request_timeout))
-        except (*_SDK_ERRORS, AuthenticationException) as err:
+        except (*SDK_ERRORS, AuthenticationException) as err:
             # Not fatal: the sandbox dies by itself when its timeout runs out.
             log.warning("could not kill E2B sandbox %s: %s", sandbox_id, err)
 
@@ -338,7 +326,7 @@ class E2BSandbox:
             ["timeout", "-s", "KILL", f"{self._test_timeout:g}", *pytest_args(self._python)]
         )
         stream_timeout = self._test_timeout + _STREAM_GRACE
-        output = _CappedOutput(self._output_cap)
+        output = CappedOutput(self._output_cap)
         started = time.monotonic()
         handle = sbx.commands.run(
             cmd,
@@ -361,11 +349,11 @@ class E2BSandbox:
             self._kill_process_quietly(sbx, handle.pid)
             output.add(f"\n[no result {stream_timeout:g}s after start: killed]\n")
             exit_code = 124
-        except _SDK_ERRORS:
+        except SDK_ERRORS:
             raise
         except Exception as err:
             # The SDK raises a bare Exception when a stream ends cleanly but early.
-            raise _StreamLost(f"output stream of pid {handle.pid} broke off: {err}") from err
+            raise StreamLost(f"output stream of pid {handle.pid} broke off: {err}") from err
         duration = time.monotonic() - started
         timed_out = exit_code in _TIMEOUT_EXIT_CODES and duration >= self._test_timeout
         result = result_from_report(
@@ -382,7 +370,7 @@ class E2BSandbox:
     def _kill_process_quietly(self, sbx: E2BClient, pid: int) -> None:
         try:
             sbx.commands.kill(pid, request_timeout=self._request_timeout)
-        except _SDK_ERRORS as err:
+        except SDK_ERRORS as err:
             log.warning("could not kill pid %s in E2B sandbox %s: %s", pid, sbx.sandbox_id, err)
 
     # -- warm runs -------------------------------------------------------------------
@@ -397,7 +385,7 @@ class E2BSandbox:
                 server = self._warm_server(sbx)
                 request = {"cmd": "modules", "id": uuid.uuid4().hex}
                 reply = server.call(request, time.monotonic() + 30, self._request_timeout)
-            except _ServerFailed as err:
+            except ServerFailed as err:
                 raise SandboxError(f"the warm pytest server did not answer: {err}") from err
         return list(reply["modules"])
 
@@ -408,7 +396,7 @@ class E2BSandbox:
                 return self._fallback(sbx, files, reason)
             try:
                 server = self._warm_server(sbx)
-            except _ServerFailed as err:
+            except ServerFailed as err:
                 return self._server_failed(sbx, files, f"the warm server did not start: {err}")
             run_dir = self._upload(sbx, files)
             shadowing = bool(workspace_module_names(dict(files)) & server.preloaded)
@@ -430,13 +418,13 @@ class E2BSandbox:
             deadline = started + self._test_timeout + _STREAM_GRACE
             try:
                 reply = server.call(request, deadline, self._request_timeout)
-            except _ServerFailed as err:
+            except ServerFailed as err:
                 return self._server_failed(sbx, files, str(err))
             self._server_failures = 0
             duration = time.monotonic() - started
         exit_code = int(reply["exit_code"])
         timed_out = bool(reply["timed_out"])
-        output, truncated = _reply_output(reply)
+        output, truncated = reply_output(reply)
         signum = reply.get("signal")
         if signum and not timed_out:
             # What a cold run reports: `timeout` re-raises its child's signal on itself, and
@@ -459,7 +447,7 @@ class E2BSandbox:
             extra={"warm": True, "mode": "exec" if shadowing else "fork"},
         )
 
-    def _warm_server(self, sbx: E2BClient) -> _WarmServer:
+    def _warm_server(self, sbx: E2BClient) -> WarmServer:
         """The running server for `sbx`, started (or its stream reattached) if need be."""
         server = self._server
         if server is not None and server.sbx is not sbx:
@@ -477,7 +465,7 @@ class E2BSandbox:
             server = self._server = self._start_server(sbx)
         return server
 
-    def _start_server(self, sbx: E2BClient) -> _WarmServer:
+    def _start_server(self, sbx: E2BClient) -> WarmServer:
         # Its own directory: the server's warm-up session collects from its working
         # directory, which must hold no tests.
         server_dir = f"{self._workdir}/warm-{secrets.token_hex(4)}"
@@ -501,14 +489,14 @@ class E2BSandbox:
                 timeout=0,  # it lives as long as the sandbox
                 retain_output=False,
             )
-        except _SDK_ERRORS as err:
-            raise _ServerFailed(str(err)) from err
-        server = _WarmServer(sbx, handle, server_dir)
+        except SDK_ERRORS as err:
+            raise ServerFailed(str(err)) from err
+        server = WarmServer(sbx, handle, server_dir)
         try:
             hello = server.next_message(None, time.monotonic() + _SERVER_START_TIMEOUT)
             if not hello.get("ready"):
-                raise _ServerFailed(f"unexpected greeting {hello!r}")
-        except _ServerFailed:
+                raise ServerFailed(f"unexpected greeting {hello!r}")
+        except ServerFailed:
             server.kill(self._request_timeout)
             raise
         server.preloaded = frozenset(hello.get("modules", ()))
@@ -525,7 +513,7 @@ class E2BSandbox:
         """Kill warm servers an earlier connection or a dead worker left in the sandbox."""
         try:
             processes = sbx.commands.list(request_timeout=self._request_timeout)
-        except _SDK_ERRORS as err:
+        except SDK_ERRORS as err:
             log.warning("could not list processes in E2B sandbox %s: %s", sbx.sandbox_id, err)
             return
         for process in processes:
@@ -548,182 +536,13 @@ class E2BSandbox:
         return replace(result, extra={**result.extra, "warm": False, "fallback": reason})
 
 
-class _ServerFailed(Exception):
-    """The warm server died, hung or lost its stream: the run goes cold instead."""
-
-
-class _WarmServer:
-    """The host's side of one warm pytest server running in the sandbox.
-
-    A daemon thread follows the server's output stream and queues each JSON line it prints,
-    then how the stream ended: "exit" when the server ended, "lost" when only the stream
-    broke (envd keeps the process running, and drops output while nobody is connected).
-    """
-
-    def __init__(self, sbx: E2BClient, handle: CommandHandle[Any], cwd: str) -> None:
-        self.sbx = sbx
-        self.pid: int = handle.pid
-        self.cwd = cwd
-        self.preloaded: frozenset[str] = frozenset()
-        self.executable = "python3"
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._stderr = _CappedOutput(4000)
-        self._ended: str | None = None
-        self._lost: str | None = None
-        self._follow(handle)
-
-    def _follow(self, handle: CommandHandle[Any]) -> None:
-        thread = threading.Thread(
-            target=self._pump, args=(handle,), name=f"e2b-warm-{self.pid}", daemon=True
-        )
-        thread.start()
-
-    def _pump(self, handle: CommandHandle[Any]) -> None:
-        partial = [""]
-
-        def on_stdout(chunk: str) -> None:
-            *lines, partial[0] = (partial[0] + chunk).split("\n")
-            for line in lines:
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(message, dict):
-                    self._events.put(("message", message))
-
-        try:
-            result = handle.wait(on_stdout=on_stdout, on_stderr=self._stderr.add)
-            self._events.put(("exit", f"exit code {result.exit_code}"))
-        except CommandExitException as err:
-            self._events.put(("exit", err.error or f"exit code {err.exit_code}"))
-        except Exception as err:  # the SDK raises a bare Exception for a stream without end
-            self._events.put(("lost", f"{type(err).__name__}: {err}"))
-
-    def _note(self, kind: str, value: Any) -> None:
-        if kind == "exit":
-            self._ended = str(value)
-        elif kind == "lost":
-            self._lost = str(value)
-
-    def ready(self) -> bool:
-        """Whether the server can take a request; reattaches a stream that broke while
-        idle (nothing was due on it, so nothing was lost)."""
-        while True:
-            try:
-                kind, value = self._events.get_nowait()
-            except queue.Empty:
-                break
-            self._note(kind, value)  # answers still queued were given up on: dropped
-        if self._ended is not None:
-            return False
-        if self._lost is not None:
-            try:
-                handle = self.sbx.commands.connect(self.pid, timeout=0, retain_output=False)
-            except _SDK_ERRORS as err:
-                self._ended = f"could not reattach to its stream ({err})"
-                return False
-            self._lost = None
-            self._follow(handle)
-        return True
-
-    def why(self) -> str:
-        """Why the server cannot be used, with the tail of its stderr."""
-        if self._ended is not None:
-            reason = f"the warm server (pid {self.pid}) ended: {self._ended}"
-        elif self._lost is not None:
-            reason = f"lost the warm server's output stream (pid {self.pid}): {self._lost}"
-        else:
-            reason = f"the warm server (pid {self.pid}) did not answer in time"
-        stderr = self._stderr.text().strip()
-        return f"{reason}; stderr: {stderr[-500:]}" if stderr else reason
-
-    def call(
-        self, message: dict[str, Any], deadline: float, request_timeout: float
-    ) -> dict[str, Any]:
-        """Send one request line and wait for the answer with the same id."""
-        try:
-            self.sbx.commands.send_stdin(
-                self.pid, json.dumps(message) + "\n", request_timeout=request_timeout
-            )
-        except _SDK_ERRORS as err:
-            raise _ServerFailed(f"could not send the request to the warm server: {err}") from err
-        return self.next_message(message["id"], deadline)
-
-    def next_message(self, message_id: str | None, deadline: float) -> dict[str, Any]:
-        """The next line from the server (with `message_id`, if given) before `deadline`."""
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _ServerFailed(self.why())
-            try:
-                kind, value = self._events.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if kind != "message":
-                self._note(kind, value)
-                raise _ServerFailed(self.why())
-            if message_id is None or value.get("id") == message_id:
-                return dict(value)
-
-    def kill(self, request_timeout: float) -> None:
-        try:
-            self.sbx.commands.kill(self.pid, request_timeout=request_timeout)
-        except _SDK_ERRORS as err:
-            log.warning("could not kill the warm server (pid %s): %s", self.pid, err)
-
-
-class _CappedOutput:
-    """Interleaved stdout and stderr, keeping only the head and the tail past `cap`."""
-
-    def __init__(self, cap: int) -> None:
-        self._half = max(cap // 2, 1)
-        self._head: list[str] = []
-        self._head_len = 0
-        self._tail = ""
-        self._dropped = 0
-
-    def add(self, chunk: str) -> None:
-        if self._head_len < self._half:
-            take = chunk[: self._half - self._head_len]
-            self._head.append(take)
-            self._head_len += len(take)
-            chunk = chunk[len(take) :]
-        if chunk:
-            self._tail += chunk
-            if len(self._tail) > self._half:
-                self._dropped += len(self._tail) - self._half
-                self._tail = self._tail[-self._half :]
-
-    @property
-    def truncated(self) -> bool:
-        return self._dropped > 0
-
-    def text(self) -> str:
-        head = "".join(self._head)
-        if self._dropped:
-            return f"{head}\n... [{self._dropped} characters clipped] ...\n{self._tail}"
-        return head + self._tail
-
-
 def _pytest_options() -> list[str]:
     """What follows `python -m pytest` in the shared invocation."""
     args = pytest_args()
     return args[args.index("pytest") + 1 :]
 
 
-def _reply_output(reply: Mapping[str, Any]) -> tuple[str, bool]:
-    """The warm server's head and tail of a run's output, like _CappedOutput.text()."""
-    head = base64.b64decode(reply["head"])
-    tail = base64.b64decode(reply["tail"])
-    # Counted in bytes here, not characters: the same for the ASCII pytest mostly prints.
-    dropped = int(reply["total"]) - len(head) - len(tail)
-    text_head, text_tail = head.decode("utf-8", "replace"), tail.decode("utf-8", "replace")
-    if dropped > 0:
-        return f"{text_head}\n... [{dropped} characters clipped] ...\n{text_tail}", True
-    return text_head + text_tail, False
-
-
-def _exit_code(code: int, error: str | None, output: _CappedOutput) -> int:
+def _exit_code(code: int, error: str | None, output: CappedOutput) -> int:
     """Map envd's -1 for a signal death to the shell's 128+9 convention."""
     if code >= 0:
         return code
