@@ -12,6 +12,7 @@ import secrets
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -60,41 +61,65 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('tdd-agent')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     solve = sub.add_parser(
         "solve",
         help="solve a task: iterate model → code → pytest until green",
         description="Iterate model → code → pytest until the tests pass or the budget runs out.",
+        epilog="exit status: 0 tests pass (code written to --out); 1 no passing code (the best "
+        "candidate is written); 2 usage or configuration error",
     )
     src = solve.add_argument_group("what to solve")
-    src.add_argument("--task", help="the task, as text")
-    src.add_argument("--task-file", type=Path, help="read the task from this file")
+    src.add_argument("--task", metavar="TEXT", help="the task, as text")
+    src.add_argument("--task-file", type=Path, metavar="PATH", help="read the task from this file")
     src.add_argument(
         "--tests",
         type=Path,
+        metavar="PATH",
         action="append",
         default=[],
         help="a pytest file the code must pass (repeatable); it stays read-only",
     )
     src.add_argument(
         "--input",
+        metavar="JSON",
         help='JSON: {"task": "...", "tests": "<pytest source>" or {"path": "source"}, '
         '"target": "mod.py"}',
     )
-    src.add_argument("--target", help="module to write (default: inferred from the tests' imports)")
+    src.add_argument(
+        "--target",
+        metavar="PATH",
+        help="module to write (default: inferred from the tests' imports)",
+    )
     out = solve.add_argument_group("output")
     out.add_argument(
-        "--out", type=Path, default=Path("."), help="where to write the code (default: .)"
+        "--out",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="where to write the code (default: .)",
     )
     out.add_argument("--json", action="store_true", help="print one JSON result object on stdout")
     run = solve.add_argument_group("run")
-    run.add_argument("--run-id", help="name the run; an existing run resumes from its journal")
-    run.add_argument("--model", help="Groq model (default: GROQ_MODEL or openai/gpt-oss-120b)")
-    run.add_argument("--max-iterations", type=int, help="model turns at most (default 8)")
-    run.add_argument("--max-tokens", type=int, help="total tokens at most (default 200000)")
     run.add_argument(
-        "--max-seconds", type=float, help="time in model and tests at most (default 600)"
+        "--run-id", metavar="ID", help="name the run; an existing run resumes from its journal"
+    )
+    run.add_argument(
+        "--model", metavar="NAME", help="Groq model (default: GROQ_MODEL or openai/gpt-oss-120b)"
+    )
+    run.add_argument(
+        "--max-iterations", type=int, metavar="N", help="model turns at most (default 8)"
+    )
+    run.add_argument(
+        "--max-tokens", type=int, metavar="N", help="total tokens at most (default 200000)"
+    )
+    run.add_argument(
+        "--max-seconds",
+        type=float,
+        metavar="S",
+        help="time in model and tests at most (default 600)",
     )
     run.add_argument("--sandbox", choices=["auto", "local", "e2b"], help="sandbox backend")
 
@@ -260,6 +285,10 @@ def cmd_solve(args: argparse.Namespace, environ: dict[str, str] | None, err: Con
             on_wait=on_wait,
             on_resume=lambda n: reporter.info(f"resuming {run_id}: {n} recorded steps replay"),
         )
+    except KeyboardInterrupt:
+        reporter.close()
+        reporter.info(f"interrupted: resume with --run-id {run_id}")
+        raise
     finally:
         reporter.close()
         sandbox.close()
@@ -393,7 +422,6 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         err.print(f"tdd-agent: error: {exc}", highlight=False, markup=False)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        err.print("tdd-agent: interrupted; resume with the same --run-id", highlight=False)
         return 130
 
 
