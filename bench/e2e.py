@@ -360,8 +360,9 @@ def _report(
             f"pytest steps, {med('github_calls'):.0f} GitHub API calls per run"
         )
     report.notes.append(
-        "scripted fake Groq (answers at once), fake GitHub on loopback, cold LocalSandbox; "
-        "the web app, both fakes and the bench share one process, the worker has its own"
+        "scripted fake Groq (answers at once), fake GitHub on loopback, the local sandbox "
+        "with its default warm runner; the web app, both fakes and the bench share one "
+        "process, the worker has its own"
     )
     report.extra["samples"] = samples
     return report
