@@ -437,3 +437,22 @@ def test_a_worker_killed_mid_run_resumes_from_the_journal(stack: Stack) -> None:
     (pr,) = stack.github.pulls(REPO)
     assert "Closes #3" in pr["body"]
     assert stack.github.files_at(REPO, "agent-tdd/issue-3")["calc.py"] == GOOD
+
+
+def test_a_github_error_while_publishing_is_reported_and_loses_nothing(stack: Stack) -> None:
+    stack.groq.script(write(GOOD))
+    # The app cannot write git objects (e.g. installed without contents: write).
+    stack.github.inject("POST", "/repos/{owner}/{repo}/git/trees", status=404, times=None)
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+
+    assert len(stack.groq.requests) == 1, "RQ's retries replayed the journal, no new model call"
+    assert stack.github.pulls(REPO) == []
+    bodies = [c["body"] for c in stack.github.comments(REPO, 1)]
+    failures = [b for b in bodies if "stopped without a result" in b]
+    assert len(failures) == 1, "reported once, on the last attempt"
+    assert "404" in failures[0] and "agent:tdd" in failures[0]
+    progress = next(b for b in bodies if "tdd-agent:progress" in b)
+    assert "could not publish the result: 404" in progress
+    attempts = stack.github.calls_to("POST", "/repos/{owner}/{repo}/git/trees")
+    assert len(attempts) == 4, "the first try and RQ's three retries"

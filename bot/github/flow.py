@@ -194,17 +194,22 @@ def _solve_and_publish(
     finally:
         sandbox.close()
     progress.iterations = list(outcome.iterations)
-    published = publish(
-        api,
-        outcome=outcome,
-        issue_number=issue_number,
-        title=issue.title,
-        run_id=run_id,
-        budget=budget,
-        base_branch=base_branch,
-        base_sha=base_sha,
-        branch=branch,
-    )
+    try:
+        published = publish(
+            api,
+            outcome=outcome,
+            issue_number=issue_number,
+            title=issue.title,
+            run_id=run_id,
+            budget=budget,
+            base_branch=base_branch,
+            base_sha=base_sha,
+            branch=branch,
+        )
+    except GitHubException as exc:
+        # The run itself is safe in the journal: a retry replays it and publishes again.
+        progress.show("error", detail=f"could not publish the result: {message_of(exc)}")
+        raise
     last = outcome.last_result.output if outcome.last_result else None
     progress.show(
         outcome.kind.value,
