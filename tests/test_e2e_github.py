@@ -456,3 +456,18 @@ def test_a_github_error_while_publishing_is_reported_and_loses_nothing(stack: St
     assert "could not publish the result: 404" in progress
     attempts = stack.github.calls_to("POST", "/repos/{owner}/{repo}/git/trees")
     assert len(attempts) == 4, "the first try and RQ's three retries"
+
+
+def test_groq_failing_for_good_is_reported_on_the_issue(stack: Stack) -> None:
+    stack.groq.script(*[g.server_error(503)] * 20)
+    stack.env["GROQ_MAX_RETRIES"] = "1"
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+
+    bodies = [c["body"] for c in stack.github.comments(REPO, 1)]
+    progress = next(b for b in bodies if "tdd-agent:progress" in b)
+    assert "The run failed" in progress and "Groq answered 503" in progress
+    assert len([b for b in bodies if "stopped without a result" in b]) == 1
+    assert stack.github.pulls(REPO) == []
+    # Each of the 4 attempts made one call plus one SDK retry: bounded, never endless.
+    assert len(stack.groq.requests) == 8
