@@ -47,6 +47,10 @@ class IssueError(TddAgentError):
     """The issue cannot become a task; the message says what to change in the issue."""
 
 
+class NoTests(IssueError):
+    """The issue has no tests at all: the reply is the how-to with an example."""
+
+
 @dataclass(frozen=True)
 class IssueSpec:
     """What an issue asks for, as written; `build_task` checks it against the repository."""
@@ -326,7 +330,7 @@ def build_task(spec: IssueSpec, repo_files: dict[str, str], *, guidance: str | N
     inline = {_checked(p, "Test file"): src for p, src in spec.inline_tests.items()}
     named = [_checked(p, "Test file") for p in spec.test_paths]
     if not inline and not named:
-        raise IssueError(
+        raise NoTests(
             "The issue has no tests: add pytest tests in a ```python block, or a line "
             "`Tests: tests/test_x.py` naming test files in the repository."
         )
@@ -350,7 +354,7 @@ def build_task(spec: IssueSpec, repo_files: dict[str, str], *, guidance: str | N
             + ": name test files `test_*.py` or `*_test.py`."
         )
     if not any(_is_test_file(p) for p in tests):
-        raise IssueError(
+        raise NoTests(
             "The issue has only test support files (conftest.py) and no tests: add pytest "
             "tests in a ```python block, or a `Tests: tests/test_x.py` line."
         )

@@ -293,6 +293,7 @@ def test_an_issue_without_tests_gets_an_explanation(stack: Stack) -> None:
     stack.work()
     (comment,) = stack.github.comments(REPO, 2)
     assert "```python" in comment["body"] and "agent:tdd" in comment["body"]
+    assert "def test_" in comment["body"], "the reply shows an example test"
     assert stack.groq.requests == [] and stack.github.pulls(REPO) == []
 
 

@@ -11,7 +11,7 @@ from githubkit.exception import GitHubException
 from bot.agent.loop import Budget, Iteration, Outcome
 from bot.errors import GitHubError
 from bot.github.api import RepoApi, message_of
-from bot.issue import IssueError, build_task, parse_issue
+from bot.issue import IssueError, NoTests, build_task, no_tests_message, parse_issue
 from bot.report import (
     CHECK_RUN_NAME,
     PROGRESS_MARKER,
@@ -161,12 +161,13 @@ def _solve_and_publish(
     repo_files = api.read_tree(base_sha)
     try:
         task = build_task(spec, repo_files, guidance=guidance)
+    except NoTests:
+        reply = no_tests_message(settings.trigger_label)
+        api.upsert_comment(report_on, ISSUE_MARKER, f"{ISSUE_MARKER}\n{reply}")
+        return "no-task"
     except IssueError as exc:
-        api.upsert_comment(
-            report_on,
-            ISSUE_MARKER,
-            f"{ISSUE_MARKER}\n{issue_problem_message(str(exc), settings.trigger_label)}",
-        )
+        reply = issue_problem_message(str(exc), settings.trigger_label)
+        api.upsert_comment(report_on, ISSUE_MARKER, f"{ISSUE_MARKER}\n{reply}")
         return "no-task"
     progress = ProgressComment(api, report_on, run_id, budget)
     progress.show(RUNNING)
