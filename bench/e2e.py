@@ -41,10 +41,8 @@ from rq.job import Job
 
 from bench.common import (
     ROOT,
-    RedisServer,
     Report,
     Target,
-    free_port,
     median,
     parser,
     ratio,
@@ -59,6 +57,7 @@ from bot.redis_server import connect
 from bot.web import create_app
 from tests.fakes import groq as g
 from tests.fakes.github import FakeGitHub
+from tests.support import RedisServer, free_port
 
 TARGET = 1.5
 SECRET = "bench-e2e-secret"

@@ -20,9 +20,10 @@ from typing import Any
 
 import redis
 
-from bench.common import RedisServer, Report, Target, median, parser, percentile, run_main
+from bench.common import Report, Target, median, parser, percentile, run_main
 from bot.journal import RunJournal
 from bot.redis_server import connect
+from tests.support import RedisServer
 
 STEP_MS = 50.0  # the "typical step" the recording target is a fraction of
 RECORD_TARGET = 0.02  # recording overhead < 2% of a 50 ms step, i.e. < 1 ms per step

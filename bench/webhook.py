@@ -34,10 +34,8 @@ import httpx
 
 from bench.common import (
     ROOT,
-    RedisServer,
     Report,
     Target,
-    free_port,
     median,
     parser,
     percentile,
@@ -46,6 +44,7 @@ from bench.common import (
     stop_process,
     wait_for,
 )
+from tests.support import RedisServer, free_port
 
 SECRET = "bench-webhook-secret"
 WEBHOOK_PATH = "/api/github/webhooks"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from bot.github.webhooks import sign
 from bot.web import create_app
 from tests.fakes import groq as g
 from tests.fakes.github import FakeGitHub, generate_pem
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -57,12 +57,6 @@ HALF = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a + b\n
 
 def write(content: str) -> g.Reply:
     return g.tool_call("write_file", {"path": "calc.py", "content": content})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -29,8 +29,8 @@ from bot.github.setup_flow import (
     setup_router,
 )
 from bot.services import private_key
-from tests.conftest import free_port
 from tests.fakes.github import FakeGitHub
+from tests.support import free_port
 
 FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "bot.example.org"}
 CREDENTIAL_VARS = ("APP_ID", "PRIVATE_KEY", "PRIVATE_KEY_PATH", "WEBHOOK_SECRET")

