@@ -56,32 +56,13 @@ from bot.journal import load_run
 from bot.redis_server import connect
 from bot.web import create_app
 from tests.fakes import groq as g
-from tests.fakes.github import FakeGitHub
-from tests.support import RedisServer, free_port
+from tests.fakes.github import FakeGitHub, generate_pem
+from tests.support import GOOD, HALF, ISSUE_BODY, RedisServer, free_port
 
 TARGET = 1.5
 SECRET = "bench-e2e-secret"
 REPO = "octo/demo"
 FIXTURE = ROOT / "tests" / "fixtures" / "webhooks" / "issues__labeled.payload.json"
-ISSUE_BODY = """\
-We need tiny calculator helpers for the billing script.
-
-```python
-from calc import add, sub
-
-
-def test_add():
-    assert add(2, 3) == 5
-
-
-def test_sub():
-    assert sub(5, 3) == 2
-```
-
-Target: calc.py
-"""
-GOOD = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
-HALF = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a + b\n"
 PROCFILE_WORKER = ROOT / "Procfile"
 WORKER_CLASS = {"fork": None, "simple": "rq.worker.SimpleWorker"}
 POLL = 0.01
@@ -89,18 +70,6 @@ POLL = 0.01
 
 def _write(content: str) -> g.Reply:
     return g.tool_call("write_file", {"path": "calc.py", "content": content})
-
-
-def _pem() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    ).decode()
 
 
 def labeled_payload(issue_number: int) -> dict[str, Any]:
@@ -286,7 +255,7 @@ def measure(args: argparse.Namespace) -> Report:
             "HOME": tmp,
             "REDIS_URL": redis_server.url,
             "APP_ID": str(github.app_id),
-            "PRIVATE_KEY": _pem(),
+            "PRIVATE_KEY": generate_pem(),
             "WEBHOOK_SECRET": SECRET,
             "GITHUB_API_URL": github.url,
             "GROQ_API_KEY": "gsk_bench",

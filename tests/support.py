@@ -1,4 +1,5 @@
-"""Shared by tests and benchmarks: free loopback ports and throwaway real Redis servers."""
+"""Shared by tests and benchmarks: free loopback ports, throwaway real Redis servers, and
+the calculator issue the end-to-end runs solve."""
 
 from __future__ import annotations
 
@@ -84,3 +85,25 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# The end-to-end scenario: an issue with inline tests, then a half-right and a right answer.
+ISSUE_BODY = """\
+We need tiny calculator helpers for the billing script.
+
+```python
+from calc import add, sub
+
+
+def test_add():
+    assert add(2, 3) == 5
+
+
+def test_sub():
+    assert sub(5, 3) == 2
+```
+
+Target: calc.py
+"""
+GOOD = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
+HALF = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a + b\n"

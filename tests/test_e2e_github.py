@@ -26,7 +26,7 @@ from bot.github.webhooks import sign
 from bot.web import create_app
 from tests.fakes import groq as g
 from tests.fakes.github import FakeGitHub, generate_pem
-from tests.support import free_port
+from tests.support import GOOD, HALF, ISSUE_BODY, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -34,25 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
 SECRET = "e2e-webhook-secret"
 REPO = "octo/demo"
-ISSUE_BODY = """\
-We need tiny calculator helpers for the billing script.
-
-```python
-from calc import add, sub
-
-
-def test_add():
-    assert add(2, 3) == 5
-
-
-def test_sub():
-    assert sub(5, 3) == 2
-```
-
-Target: calc.py
-"""
-GOOD = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
-HALF = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a + b\n"
 
 
 def write(content: str) -> g.Reply:
