@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     github_url: str = "https://github.com"
     port: int = 3000
     trigger_label: str = "agent:tdd"
-    queue_name: str = Field(default="tdd-agent")
+    queue_name: str = "tdd-agent"
 
     @property
     def server_redis_url(self) -> str:

@@ -17,7 +17,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -170,6 +170,8 @@ class RunJournal:
             )
             if acquired:
                 self.epoch = int(value)
+                # Listed once, at its first start; nx keeps a resumed run's original time.
+                self.redis.zadd(RUNS_INDEX, {self.run_id: self.clock()}, nx=True)
                 break
             remaining = max(int(value), 0) / 1000
             if time.monotonic() >= deadline:
@@ -248,9 +250,6 @@ class RunJournal:
         values = {k: json.dumps(v) for k, v in fields.items()}
         values["updated_at"] = json.dumps(self.clock())
         self._write("meta", values)
-        created = self.redis.zscore(RUNS_INDEX, self.run_id)
-        if created is None:
-            self.redis.zadd(RUNS_INDEX, {self.run_id: self.clock()}, nx=True)
 
     def get_meta(self, name: str) -> Any:
         raw = self.redis.hget(self._keys["meta"], name)
@@ -336,8 +335,3 @@ def load_run(client: redis.Redis, run_id: str) -> tuple[dict[str, Any], list[Ste
         return None
     steps = [StepRecord.from_json(v) for v in client.hgetall(keys["steps"]).values()]
     return _meta(client, run_id), sorted(steps, key=lambda s: s.seq)
-
-
-def iter_run_ids(client: redis.Redis) -> Iterator[str]:
-    for raw in client.zrange(RUNS_INDEX, 0, -1):
-        yield _decode(raw)

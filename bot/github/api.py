@@ -73,12 +73,6 @@ def app_client(
     )
 
 
-def status_of(exc: BaseException) -> int | None:
-    if isinstance(exc, RequestFailed):
-        return exc.response.status_code
-    return None
-
-
 def message_of(exc: BaseException) -> str:
     if isinstance(exc, RequestFailed):
         try:
@@ -323,9 +317,6 @@ class RepoApi:
             self.owner, self.repo, existing.number, title=title, body=body
         ).parsed_data
         return self._pull(pr), False
-
-    def update_pull_body(self, number: int, body: str) -> None:
-        self.gh.rest.pulls.update(self.owner, self.repo, number, body=body)
 
     # -- check runs ------------------------------------------------------------------------
 
