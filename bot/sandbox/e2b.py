@@ -315,6 +315,30 @@ class E2BSandbox:
         except FileNotFoundException:
             return None  # pytest never finished; result_from_report makes it an error
 
+    def _result(
+        self,
+        sbx: E2BClient,
+        run_dir: str,
+        *,
+        exit_code: int,
+        duration: float,
+        timed_out: bool,
+        output: str,
+        truncated: bool,
+        extra: dict[str, Any] | None = None,
+    ) -> TestResult:
+        """The result from the run's report; `output` was already capped while it streamed,
+        so its clip marker carries the true count."""
+        result = result_from_report(
+            exit_code=exit_code,
+            report_json=self._read_report(sbx, run_dir),
+            output="",
+            duration=duration,
+            timed_out=timed_out,
+            output_cap=self._output_cap,
+        )
+        return replace(result, output=output, output_truncated=truncated, extra=extra or {})
+
     def _run(self, sbx: E2BClient, files: Mapping[str, str]) -> TestResult:
         run_dir = self._upload(sbx, files)
         support = f"{run_dir}/{_SUPPORT_DIR}"
@@ -356,16 +380,15 @@ class E2BSandbox:
             raise StreamLost(f"output stream of pid {handle.pid} broke off: {err}") from err
         duration = time.monotonic() - started
         timed_out = exit_code in _TIMEOUT_EXIT_CODES and duration >= self._test_timeout
-        result = result_from_report(
+        return self._result(
+            sbx,
+            run_dir,
             exit_code=exit_code,
-            report_json=self._read_report(sbx, run_dir),
-            output="",
             duration=duration,
             timed_out=timed_out,
-            output_cap=self._output_cap,
+            output=output.text(),
+            truncated=output.truncated,
         )
-        # The output was capped while streaming, so its clip marker carries the true count.
-        return replace(result, output=output.text(), output_truncated=output.truncated)
 
     def _kill_process_quietly(self, sbx: E2BClient, pid: int) -> None:
         try:
@@ -432,18 +455,14 @@ class E2BSandbox:
             error = f"signal: {(signal.strsignal(signum) or str(signum)).lower()}"
             exit_code = 137 if signum == signal.SIGKILL else 1
             output += f"\n[process ended: {error}]\n"
-        result = result_from_report(
+        return self._result(
+            sbx,
+            run_dir,
             exit_code=exit_code,
-            report_json=self._read_report(sbx, run_dir),
-            output="",
             duration=duration,
             timed_out=timed_out,
-            output_cap=self._output_cap,
-        )
-        return replace(
-            result,
             output=output,
-            output_truncated=truncated,
+            truncated=truncated,
             extra={"warm": True, "mode": "exec" if shadowing else "fork"},
         )
 
