@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from rq import get_current_job
 
@@ -17,6 +18,38 @@ def _services() -> Services:
     return Services.from_settings(load_settings())
 
 
+def _reporting_failure(
+    services: Services,
+    work: Callable[[], str],
+    *,
+    owner: str,
+    repo: str,
+    installation_id: int | None,
+    number: int,
+    run_id: str,
+    on_pull_request: bool = False,
+) -> str:
+    """Run `work`; when it fails for the last time, say so on issue or PR `number`."""
+    try:
+        return work()
+    except Exception as exc:
+        log.exception("run %s failed", run_id)
+        job = get_current_job()
+        if job is not None and job.retries_left:
+            raise  # RQ runs it again and the run resumes from its journal
+        flow.report_failure(
+            services,
+            owner=owner,
+            repo=repo,
+            installation_id=installation_id,
+            number=number,
+            run_id=run_id,
+            reason=str(exc)[:500],
+            on_pull_request=on_pull_request,
+        )
+        raise
+
+
 def run_issue(
     *,
     owner: str,
@@ -28,8 +61,9 @@ def run_issue(
 ) -> str:
     """A labeled issue → a run → a pull request. Re-running the job resumes the run."""
     services = _services()
-    try:
-        return flow.handle_issue(
+    return _reporting_failure(
+        services,
+        lambda: flow.handle_issue(
             services,
             owner=owner,
             repo=repo,
@@ -37,22 +71,13 @@ def run_issue(
             issue_number=issue_number,
             sender=sender,
             run_id=run_id,
-        )
-    except Exception as exc:
-        log.exception("run %s failed", run_id)
-        job = get_current_job()
-        if job is not None and job.retries_left:
-            raise  # RQ runs it again and the run resumes from its journal
-        flow.report_failure(
-            services,
-            owner=owner,
-            repo=repo,
-            installation_id=installation_id,
-            number=issue_number,
-            run_id=run_id,
-            reason=str(exc)[:500],
-        )
-        raise
+        ),
+        owner=owner,
+        repo=repo,
+        installation_id=installation_id,
+        number=issue_number,
+        run_id=run_id,
+    )
 
 
 def retry_pr(
@@ -68,14 +93,23 @@ def retry_pr(
 ) -> str:
     """`/retry` on a PR the app opened → a new run that updates that PR."""
     services = _services()
-    return flow.handle_retry(
+    return _reporting_failure(
         services,
+        lambda: flow.handle_retry(
+            services,
+            owner=owner,
+            repo=repo,
+            installation_id=installation_id,
+            pr_number=pr_number,
+            comment_id=comment_id,
+            sender=sender,
+            guidance=guidance,
+            run_id=run_id,
+        ),
         owner=owner,
         repo=repo,
         installation_id=installation_id,
-        pr_number=pr_number,
-        comment_id=comment_id,
-        sender=sender,
-        guidance=guidance,
+        number=pr_number,
         run_id=run_id,
+        on_pull_request=True,
     )

@@ -447,3 +447,19 @@ def test_groq_failing_for_good_is_reported_on_the_issue(stack: Stack) -> None:
     assert stack.github.pulls(REPO) == []
     # Each of the 4 attempts made one call plus one SDK retry: bounded, never endless.
     assert len(stack.groq.requests) == 8
+
+
+def test_a_retry_that_fails_for_good_is_reported_on_the_pull_request(stack: Stack) -> None:
+    stack.groq.script(write(GOOD))
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    (pr,) = stack.github.pulls(REPO)
+
+    stack.groq.script(*[g.server_error(503)] * 20)
+    stack.env["GROQ_MAX_RETRIES"] = "0"
+    stack.deliver("issue_comment", comment_payload(stack, pr["number"], "/retry", "alice"))
+    stack.work()
+
+    replies = [c["body"] for c in stack.github.comments(REPO, pr["number"])]
+    assert len([b for b in replies if "stopped without a result" in b]) == 1
+    assert "comment `/retry`" in next(b for b in replies if "stopped without a result" in b)

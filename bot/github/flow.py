@@ -337,15 +337,15 @@ def report_failure(
     number: int,
     run_id: str,
     reason: str,
+    on_pull_request: bool = False,
 ) -> None:
-    """Last resort when a job fails for good: say so on the issue or PR."""
+    """Last resort when a job fails for good: say so on the issue or PR, with how to retry
+    there (re-label the issue; comment `/retry` on the PR)."""
+    label = None if on_pull_request else services.settings.trigger_label
     try:
         api = services.repo_api(installation_id, owner, repo)
         api.comment(
-            number,
-            failure_message(
-                reason=reason, run_url_or_id=run_id, trigger_label=services.settings.trigger_label
-            ),
+            number, failure_message(reason=reason, run_url_or_id=run_id, trigger_label=label)
         )
     except GitHubException as exc:
         log.error("could not report the failure of %s: %s", run_id, message_of(exc))
