@@ -60,13 +60,13 @@ def execute(
         recorded = journal.recorded_steps
         if recorded and on_resume is not None:
             on_resume(recorded)
+        meta: dict[str, object] = {}
         if isinstance(sandbox, RemoteSandbox):
             # Recorded so that a resumed run reattaches to the same remote sandbox.
             prior = journal.get_meta("sandbox_id")
             if prior:
                 sandbox.attach(prior)
-            journal.set_meta(sandbox_id=sandbox.start())
-        started = time.time()
+            meta["sandbox_id"] = sandbox.start()
         journal.set_meta(
             status="running",
             source=request.source,
@@ -75,7 +75,8 @@ def execute(
             task_digest=task_digest,
             model=settings.groq_model,
             max_iterations=settings.max_iterations,
-            resumed_at=started if recorded else None,
+            resumed_at=time.time() if recorded else None,
+            **meta,
         )
         try:
             outcome = solve(
