@@ -61,6 +61,11 @@ class IssueSpec:
     test_paths: tuple[str, ...] = ()
     target: str | None = None
 
+    @property
+    def has_tests(self) -> bool:
+        """Whether the issue gives any tests at all (inline or named)."""
+        return bool(self.inline_tests or self.test_paths)
+
 
 @dataclass
 class _Block:
@@ -329,7 +334,7 @@ def build_task(spec: IssueSpec, repo_files: dict[str, str], *, guidance: str | N
     """
     inline = {_checked(p, "Test file"): src for p, src in spec.inline_tests.items()}
     named = [_checked(p, "Test file") for p in spec.test_paths]
-    if not inline and not named:
+    if not spec.has_tests:
         raise NoTests(
             "The issue has no tests: add pytest tests in a ```python block, or a line "
             "`Tests: tests/test_x.py` naming test files in the repository."

@@ -140,6 +140,12 @@ def publish(
     return Published(pr.url, pr.number, created)
 
 
+def _explain(api: RepoApi, number: int, text: str) -> str:
+    """Why no run starts, in the one comment kept for that (edited on a later trigger)."""
+    api.upsert_comment(number, ISSUE_MARKER, f"{ISSUE_MARKER}\n{text}")
+    return "no-task"
+
+
 def _solve_and_publish(
     services: Services,
     api: RepoApi,
@@ -154,6 +160,8 @@ def _solve_and_publish(
     budget = budget_from(settings)
     issue = api.issue(issue_number)
     spec = parse_issue(issue.title, issue.body)
+    if not spec.has_tests:  # said before reading the whole repository
+        return _explain(api, report_on, no_tests_message(settings.trigger_label))
     base_branch = api.default_branch()
     base_sha = api.branch_sha(base_branch)
     if base_sha is None:
@@ -162,13 +170,9 @@ def _solve_and_publish(
     try:
         task = build_task(spec, repo_files, guidance=guidance)
     except NoTests:
-        reply = no_tests_message(settings.trigger_label)
-        api.upsert_comment(report_on, ISSUE_MARKER, f"{ISSUE_MARKER}\n{reply}")
-        return "no-task"
+        return _explain(api, report_on, no_tests_message(settings.trigger_label))
     except IssueError as exc:
-        reply = issue_problem_message(str(exc), settings.trigger_label)
-        api.upsert_comment(report_on, ISSUE_MARKER, f"{ISSUE_MARKER}\n{reply}")
-        return "no-task"
+        return _explain(api, report_on, issue_problem_message(str(exc), settings.trigger_label))
     progress = ProgressComment(api, report_on, run_id, budget)
     progress.show(RUNNING)
     sandbox = services.sandbox()
