@@ -16,22 +16,28 @@ from importlib.metadata import version
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import redis
-from platformdirs import user_data_dir
 from rich.console import Console
 from rich.table import Table
 
+from bot import wiring
 from bot.agent.context import Task
 from bot.agent.loop import Outcome
-from bot.agent.model import GroqModel
-from bot.agent.targets import infer_target
-from bot.config import Settings, load_settings
-from bot.errors import ConfigError, JournalError, LeaseLost, SandboxUnavailable, TddAgentError
+from bot.config import Settings, load_settings, process_environ
+from bot.errors import (
+    ConfigError,
+    IssueError,
+    JournalError,
+    LeaseLost,
+    NoTarget,
+    SandboxUnavailable,
+    TddAgentError,
+    UsageError,
+)
+from bot.issue import IssueSpec, build_task
 from bot.journal import list_runs, load_run
 from bot.progress import TerminalReporter
-from bot.redis_server import connect, ensure_embedded_redis, reachable, redact
-from bot.run import RunRequest, execute
-from bot.sandbox.factory import backend_name, build_sandbox
+from bot.run import RunRequest
+from bot.text import tail_lines
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -48,10 +54,6 @@ configuration comes from the environment (or .env): GROQ_API_KEY (required),
 GROQ_MODEL, GROQ_BASE_URL, REDIS_URL (else an embedded Redis in the data directory),
 MAX_ITERATIONS, MAX_TOTAL_TOKENS, MAX_WALL_SECONDS, SANDBOX, E2B_API_KEY. See README.md.
 """
-
-
-class UsageError(TddAgentError):
-    """Bad command-line input; exit 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,20 +172,26 @@ def task_from_args(args: argparse.Namespace) -> tuple[Task, str | None]:
         raise UsageError("give the task with --task, --task-file or --input")
     if not tests:
         raise UsageError("give at least one pytest file with --tests (or tests in --input)")
+    if target and (PurePosixPath(target).is_absolute() or ".." in PurePosixPath(target).parts):
+        raise UsageError(f"--target must be a relative path, not {target}")
+    # The same rules as an issue's: an empty repository, the tests and an optional target.
+    spec = IssueSpec(title="", text=text, inline_tests=tests, target=target or None)
+    try:
+        built = build_task(spec, {})
+    except NoTarget as exc:
+        raise UsageError(
+            "cannot tell which module to write from the tests' imports; pass --target mod.py"
+        ) from exc
+    except IssueError as exc:
+        raise UsageError(str(exc)) from exc
+    task = Task(text=text, tests=built.tests, target=built.target)
     note = None
     if not target:
-        target = infer_target(tests)
-        if target is None:
-            raise UsageError(
-                "cannot tell which module to write from the tests' imports; pass --target mod.py"
-            )
-        note = f"target {target} (inferred from the tests' imports; --target overrides)"
-    if PurePosixPath(target).is_absolute() or ".." in PurePosixPath(target).parts:
-        raise UsageError(f"--target must be a relative path, not {target}")
-    return Task(text=text, tests=tests, target=target), note
+        note = f"target {task.target} (inferred from the tests' imports; --target overrides)"
+    return task, note
 
 
-def _settings(args: argparse.Namespace, environ: dict[str, str] | None) -> Settings:
+def _settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
     overrides: dict[str, Any] = {}
     for arg, field in [
         ("model", "groq_model"),
@@ -198,19 +206,6 @@ def _settings(args: argparse.Namespace, environ: dict[str, str] | None) -> Setti
     return load_settings(environ, **overrides)
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """REDIS_URL's Redis (checked once, quickly), else the embedded one in the data dir."""
-    if settings.redis_url:
-        if not reachable(settings.redis_url):
-            raise ConfigError(
-                f"cannot reach Redis at REDIS_URL={redact(settings.redis_url)}; start it, fix "
-                "the URL, or unset REDIS_URL to use an embedded Redis"
-            )
-        return connect(settings.redis_url)
-    data_dir = settings.data_dir or Path(user_data_dir("tdd-agent"))
-    return connect(ensure_embedded_redis(data_dir))
-
-
 def write_files(out: Path, files: dict[str, str]) -> list[Path]:
     written = []
     for rel, text in sorted(files.items()):
@@ -219,15 +214,6 @@ def write_files(out: Path, files: dict[str, str]) -> list[Path]:
         dest.write_text(text, encoding="utf-8")
         written.append(dest)
     return written
-
-
-def tail_lines(text: str, limit: int) -> str:
-    """The end of `text` within `limit` characters, starting at a line boundary."""
-    text = text.strip()
-    if len(text) <= limit:
-        return text
-    tail = text[-limit:]
-    return "…\n" + tail[tail.find("\n") + 1 :]
 
 
 def outcome_json(run_id: str, outcome: Outcome, written: list[Path]) -> dict[str, Any]:
@@ -243,24 +229,17 @@ def outcome_json(run_id: str, outcome: Outcome, written: list[Path]) -> dict[str
     }
 
 
-def cmd_solve(args: argparse.Namespace, environ: dict[str, str] | None, err: Console) -> int:
+def cmd_solve(args: argparse.Namespace, environ: dict[str, str], err: Console) -> int:
     task, note = task_from_args(args)
     settings = _settings(args, environ)
-    api_key = settings.require_groq_key()
+    settings.require_groq_key()
     reporter = TerminalReporter(err, quiet=False)
     if note:
         reporter.info(note)
     run_id = args.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    client = redis_client(settings)
-    model = GroqModel.build(
-        api_key=api_key,
-        base_url=settings.groq_base_url,
-        timeout=settings.groq_timeout,
-        max_retries=settings.groq_max_retries,
-    )
-    sandbox = build_sandbox(settings)
+    executor = wiring.executor(settings, wiring.redis_client(settings, embedded=True))
     reporter.info(
-        f"run {run_id}: model {settings.groq_model}, sandbox {backend_name(settings)}, "
+        f"run {run_id}: model {settings.groq_model}, sandbox {wiring.sandbox_backend(settings)}, "
         f"budget {settings.max_iterations} iterations / {settings.max_total_tokens:,} tokens / "
         f"{settings.max_wall_seconds:.0f}s"
     )
@@ -275,12 +254,8 @@ def cmd_solve(args: argparse.Namespace, environ: dict[str, str] | None, err: Con
             )
 
     try:
-        outcome = execute(
+        outcome = executor.run(
             RunRequest(run_id=run_id, task=task),
-            client=client,
-            model=model,
-            sandbox=sandbox,
-            settings=settings,
             reporter=reporter,
             on_wait=on_wait,
             on_resume=lambda n: reporter.info(f"resuming {run_id}: {n} recorded steps replay"),
@@ -291,7 +266,6 @@ def cmd_solve(args: argparse.Namespace, environ: dict[str, str] | None, err: Con
         raise
     finally:
         reporter.close()
-        sandbox.close()
     written = write_files(args.out, outcome.files) if outcome.files else []
     if args.json:
         print(json.dumps(outcome_json(run_id, outcome, written), indent=2))
@@ -314,9 +288,9 @@ def cmd_solve(args: argparse.Namespace, environ: dict[str, str] | None, err: Con
 # -- runs ---------------------------------------------------------------------------------
 
 
-def cmd_runs(args: argparse.Namespace, environ: dict[str, str] | None, out: Console) -> int:
+def cmd_runs(args: argparse.Namespace, environ: dict[str, str], out: Console) -> int:
     settings = load_settings(environ)
-    client = redis_client(settings)
+    client = wiring.redis_client(settings, embedded=True)
     if args.action == "show":
         if not args.run_id:
             raise UsageError("usage: tdd-agent runs show RUN_ID")
@@ -403,10 +377,11 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     # Piped output gets a wide page rather than rich's 80 columns, so tables stay readable.
     out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     try:
+        env = process_environ() if environ is None else environ
         if args.command == "solve":
-            return cmd_solve(args, environ, err)
+            return cmd_solve(args, env, err)
         if args.command == "runs":
-            return cmd_runs(args, environ, out)
+            return cmd_runs(args, env, out)
         parser.print_help()
         return EXIT_USAGE
     except (UsageError, ConfigError, SandboxUnavailable) as exc:

@@ -1,13 +1,15 @@
-"""Settings: read once from the environment (or a mapping a test passes in) at the edge."""
+"""Settings: read once at the edge from the mapping it is given (never behind its back)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from dotenv import dotenv_values
 from pydantic import SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.errors import ConfigError
 
@@ -19,7 +21,19 @@ SERVER_REDIS_URL = "redis://127.0.0.1:6379/0"
 class Settings(BaseSettings):
     """Every knob of the bot. Env var names are the field names in upper case."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what the caller passes: the edge decides which environment counts.
+        return (init_settings,)
 
     # Model (Groq)
     groq_api_key: SecretStr | None = None
@@ -64,10 +78,6 @@ class Settings(BaseSettings):
     trigger_label: str = "agent:tdd"
     queue_name: str = "tdd-agent"
 
-    @property
-    def server_redis_url(self) -> str:
-        return self.redis_url or SERVER_REDIS_URL
-
     def require_groq_key(self) -> str:
         if self.groq_api_key is None or not self.groq_api_key.get_secret_value():
             raise ConfigError(
@@ -77,14 +87,25 @@ class Settings(BaseSettings):
         return self.groq_api_key.get_secret_value()
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-    """Build settings from the process env, or from `environ` alone when a test passes one."""
+def process_environ(
+    env_file: Path | None = Path(".env"), environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The edge's view of the environment: `.env` values under `environ` (the process's)."""
+    values: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    return values
+
+
+def load_settings(environ: Mapping[str, str], **overrides: object) -> Settings:
+    """Build settings from `environ` alone (plus typed overrides, e.g. command-line flags)."""
+    values: dict[str, object] = {
+        k.lower(): v for k, v in environ.items() if k.lower() in Settings.model_fields
+    }
+    values.update(overrides)
     try:
-        if environ is None:
-            return Settings(**overrides)  # type: ignore[arg-type]
-        values = {k.lower(): v for k, v in environ.items() if k.lower() in Settings.model_fields}
-        values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()

@@ -1,4 +1,26 @@
-"""One exception tree for the whole bot; messages say what to fix."""
+"""One exception tree for the whole bot; messages say what to fix.
+
+TddAgentError
+├── ConfigError            the operator's settings are missing or wrong
+├── UsageError             bad command-line input (exit 2)
+├── IssueError             an issue cannot become a task (what to change in it)
+│   ├── NoTests            the issue has no tests at all
+│   └── NoTarget           nothing says which module to write
+├── WebhookRejected        a delivery the intake refuses (carries the HTTP status)
+│   └── BodyTooLarge       over GitHub's 25 MB cap
+├── SandboxUnavailable     the sandbox backend cannot run on this machine
+├── SandboxError           a backend failed while running (not the code under test)
+│   ├── StreamLost         an E2B command's stream ended without its end event
+│   └── ServerFailed       the warm server died or hung: the run goes cold
+├── JournalError           the run journal refuses an operation
+│   ├── JournalMismatch    replayed inputs differ: the code or prompt changed
+│   └── LeaseLost          another process owns the run now
+├── ModelError             the model API failed after retries
+└── GitHubError            the GitHub API failed after retries
+    └── ConversionFailed   the app manifest code could not be exchanged
+"""
+
+from __future__ import annotations
 
 
 class TddAgentError(Exception):
@@ -9,12 +31,51 @@ class ConfigError(TddAgentError):
     """The configuration is missing or wrong; the message names the fix."""
 
 
+class UsageError(TddAgentError):
+    """Bad command-line input; exit 2."""
+
+
+class IssueError(TddAgentError):
+    """The issue cannot become a task; the message says what to change in the issue."""
+
+
+class NoTests(IssueError):
+    """The issue has no tests at all: the reply is the how-to with an example."""
+
+
+class NoTarget(IssueError):
+    """The tests do not say which module to write, and nothing names it."""
+
+
+class WebhookRejected(TddAgentError):
+    """A delivery the intake refuses; `status` is the HTTP answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BodyTooLarge(WebhookRejected):
+    """A delivery over GitHub's own 25 MB payload cap."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "payload larger than GitHub's 25 MB limit")
+
+
 class SandboxUnavailable(TddAgentError):
     """The sandbox backend cannot run at all on this machine (e.g. no user namespaces)."""
 
 
 class SandboxError(TddAgentError):
     """A sandbox backend failed while running (not the code under test)."""
+
+
+class StreamLost(SandboxError):
+    """A command's output stream ended without its end event."""
+
+
+class ServerFailed(SandboxError):
+    """The warm server died, hung or lost its stream: the run goes cold instead."""
 
 
 class JournalError(TddAgentError):
@@ -35,3 +96,12 @@ class ModelError(TddAgentError):
 
 class GitHubError(TddAgentError):
     """The GitHub API failed after retries."""
+
+
+class ConversionFailed(GitHubError):
+    """The manifest code could not be exchanged; `status` is what the browser gets."""
+
+    def __init__(self, message: str, *, status: int, retry: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry = retry

@@ -23,7 +23,7 @@ from typing import Literal
 
 from bot.agent.context import Task
 from bot.agent.targets import infer_target
-from bot.errors import TddAgentError
+from bot.errors import IssueError, NoTarget, NoTests
 
 INLINE_TEST_NAME = "test_issue.py"
 GUIDANCE_HEADING = "## Guidance from a maintainer (/retry)"
@@ -41,14 +41,6 @@ _DIRECTIVE = re.compile(
     re.I,
 )
 _INLINE_COMMENT = re.compile(r"<!--.*?-->", re.S)
-
-
-class IssueError(TddAgentError):
-    """The issue cannot become a task; the message says what to change in the issue."""
-
-
-class NoTests(IssueError):
-    """The issue has no tests at all: the reply is the how-to with an example."""
 
 
 @dataclass(frozen=True)
@@ -374,7 +366,7 @@ def build_task(spec: IssueSpec, repo_files: dict[str, str], *, guidance: str | N
     else:
         inferred = _infer(tests, repo_files)
         if inferred is None:
-            raise IssueError(
+            raise NoTarget(
                 "Cannot tell which module to write: the tests import nothing outside the "
                 "standard library and the tests themselves. Add a line `Target: module.py` "
                 "to the issue."

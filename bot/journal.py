@@ -25,9 +25,7 @@ from typing import Any
 import redis
 
 from bot.errors import JournalMismatch, LeaseLost
-
-PREFIX = "tdd"
-RUNS_INDEX = f"{PREFIX}:runs"
+from bot.keys import RUNS_INDEX, run_key
 
 
 def digest(value: Any) -> str:
@@ -112,17 +110,112 @@ return 1
 
 
 def _keys(run_id: str) -> dict[str, str]:
-    base = f"{PREFIX}:run:{run_id}"
-    return {
-        "meta": f"{base}:meta",
-        "steps": f"{base}:steps",
-        "lease": f"{base}:lease",
-        "epoch": f"{base}:epoch",
-    }
+    return {part: run_key(run_id, part) for part in ("meta", "steps", "lease", "epoch")}
 
 
 def _decode(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+class Lease:
+    """Ownership of `key` by one token, with a fencing epoch; a heartbeat renews it.
+
+    Acquiring bumps the epoch, so a holder whose lease lapsed and was taken over fails its
+    next renew (and every fenced write) instead of writing next to the new owner. The same
+    token acquiring again (a job re-run under the same id) succeeds at once.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        *,
+        epoch_key: str,
+        owner: str,
+        seconds: float,
+        name: str,
+    ) -> None:
+        self.redis = client
+        self.key = key
+        self.epoch_key = epoch_key
+        self.owner = owner
+        self.seconds = seconds
+        self.name = name
+        self.epoch: int | None = None
+        self.lost = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    def try_acquire(self) -> float | None:
+        """Take the lease now (None), or the seconds left of the live holder's lease."""
+        acquired, value = self._acquire(
+            keys=[self.key, self.epoch_key], args=[self.owner, int(self.seconds * 1000)]
+        )
+        if not acquired:
+            return max(int(value), 0) / 1000
+        self.epoch = int(value)
+        self._start_heartbeat()
+        return None
+
+    def acquire(
+        self, *, wait_seconds: float = 120.0, on_wait: Callable[[float], None] | None = None
+    ) -> int:
+        """Take the lease, waiting while a live holder renews it; returns the epoch."""
+        deadline = time.monotonic() + wait_seconds
+        while (remaining := self.try_acquire()) is not None:
+            if time.monotonic() >= deadline:
+                raise LeaseLost(
+                    f"{self.name} is still owned by another process "
+                    f"(its lease renews; waited {wait_seconds:.0f}s). Stop that process first."
+                )
+            if on_wait is not None:
+                on_wait(remaining)
+            time.sleep(min(max(remaining, 0.05), 0.5))
+        assert self.epoch is not None
+        return self.epoch
+
+    def holder(self) -> str | None:
+        raw = self.redis.get(self.key)
+        return None if raw is None else _decode(raw)
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        interval = self.seconds / 3
+
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    if not self.renew():
+                        self.lost.set()
+                        return
+                except (redis.RedisError, OSError):
+                    # Redis may be restarting: keep trying until the lease would lapse anyway.
+                    continue
+
+        self._heartbeat = threading.Thread(target=beat, name=f"lease-{self.name}", daemon=True)
+        self._heartbeat.start()
+
+    def renew(self) -> bool:
+        return bool(
+            self._renew(
+                keys=[self.key, self.epoch_key],
+                args=[self.owner, int(self.seconds * 1000), self.epoch],
+            )
+        )
+
+    def release(self) -> None:
+        """Stop the heartbeat and drop the lease so a next owner need not wait."""
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=2)
+            self._heartbeat = None
+        if self.epoch is not None:
+            # If Redis is unreachable the lease simply lapses on its own.
+            with contextlib.suppress(redis.RedisError, OSError):
+                self._release(keys=[self.key, self.epoch_key], args=[self.owner, self.epoch])
 
 
 class RunJournal:
@@ -138,20 +231,27 @@ class RunJournal:
     ) -> None:
         self.redis = client
         self.run_id = run_id
-        self.lease_seconds = lease_seconds
         self.clock = clock
-        self.owner = f"{uuid.uuid4().hex[:12]}"
-        self.epoch: int | None = None
         self._keys = _keys(run_id)
+        self.lease = Lease(
+            client,
+            self._keys["lease"],
+            epoch_key=self._keys["epoch"],
+            owner=uuid.uuid4().hex[:12],
+            seconds=lease_seconds,
+            name=f"run {run_id}",
+        )
         self._records: dict[int, StepRecord] = {}
         self._seq = 0
-        self._heartbeat: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.lease_lost = threading.Event()
         self._fenced_hset = client.register_script(_FENCED_HSET)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+
+    @property
+    def epoch(self) -> int | None:
+        return self.lease.epoch
+
+    @property
+    def lease_lost(self) -> threading.Event:
+        return self.lease.lost
 
     # -- ownership ------------------------------------------------------------------------
 
@@ -162,67 +262,17 @@ class RunJournal:
         self, *, wait_seconds: float = 120.0, on_wait: Callable[[float], None] | None = None
     ) -> int:
         """Take the run's lease, waiting while a live owner holds it; returns the epoch."""
-        ttl_ms = int(self.lease_seconds * 1000)
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            acquired, value = self._acquire(
-                keys=[self._keys["lease"], self._keys["epoch"]], args=[self.owner, ttl_ms]
-            )
-            if acquired:
-                self.epoch = int(value)
-                # Listed once, at its first start; nx keeps a resumed run's original time.
-                self.redis.zadd(RUNS_INDEX, {self.run_id: self.clock()}, nx=True)
-                break
-            remaining = max(int(value), 0) / 1000
-            if time.monotonic() >= deadline:
-                raise LeaseLost(
-                    f"run {self.run_id} is still owned by another process "
-                    f"(its lease renews; waited {wait_seconds:.0f}s). Stop that process first."
-                )
-            if on_wait is not None:
-                on_wait(remaining)
-            time.sleep(min(max(remaining, 0.05), 0.5))
+        epoch = self.lease.acquire(wait_seconds=wait_seconds, on_wait=on_wait)
+        # Listed once, at its first start; nx keeps a resumed run's original time.
+        self.redis.zadd(RUNS_INDEX, {self.run_id: self.clock()}, nx=True)
         self._load()
-        self._start_heartbeat()
-        return self.epoch
-
-    def _start_heartbeat(self) -> None:
-        self._stop.clear()
-        interval = self.lease_seconds / 3
-
-        def beat() -> None:
-            while not self._stop.wait(interval):
-                try:
-                    if not self.renew():
-                        self.lease_lost.set()
-                        return
-                except (redis.RedisError, OSError):
-                    # Redis may be restarting: keep trying until the lease would lapse anyway.
-                    continue
-
-        self._heartbeat = threading.Thread(target=beat, name=f"lease-{self.run_id}", daemon=True)
-        self._heartbeat.start()
+        return epoch
 
     def renew(self) -> bool:
-        return bool(
-            self._renew(
-                keys=[self._keys["lease"], self._keys["epoch"]],
-                args=[self.owner, int(self.lease_seconds * 1000), self.epoch],
-            )
-        )
+        return self.lease.renew()
 
     def release(self) -> None:
-        """Stop the heartbeat and drop the lease so a next owner need not wait."""
-        self._stop.set()
-        if self._heartbeat is not None:
-            self._heartbeat.join(timeout=2)
-            self._heartbeat = None
-        if self.epoch is not None:
-            # If Redis is unreachable the lease simply lapses on its own.
-            with contextlib.suppress(redis.RedisError, OSError):
-                self._release(
-                    keys=[self._keys["lease"], self._keys["epoch"]], args=[self.owner, self.epoch]
-                )
+        self.lease.release()
 
     def __enter__(self) -> RunJournal:
         return self
@@ -240,7 +290,7 @@ class RunJournal:
             args += [k, v]
         ok = self._fenced_hset(keys=[self._keys["epoch"], self._keys[key]], args=args)
         if not ok:
-            self.lease_lost.set()
+            self.lease.lost.set()
             raise LeaseLost(
                 f"run {self.run_id} was taken over by another process; this one stops writing"
             )

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
-from bot.agent.context import clip
 from bot.agent.loop import Budget, Iteration, Outcome, OutcomeKind
 from bot.sandbox.base import TestResult
+from bot.text import clip, cut
 
 GITHUB_BODY_LIMIT = 65_536  # issue comments and PR bodies
 CHECK_RUN_TEXT_LIMIT = 65_535  # check run output summary and text, each
@@ -52,9 +52,7 @@ def _fenced(text: str, info: str = "text") -> str:
 
 def _code(text: str, limit: int = 120) -> str:
     """An inline code span safe inside a table cell (one line, pipes escaped)."""
-    text = " ".join(_sanitize(text).split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
+    text = cut(" ".join(_sanitize(text).split()), limit)
     if not text:
         return ""
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
@@ -66,9 +64,7 @@ def _code(text: str, limit: int = 120) -> str:
 
 def _plain(text: str, limit: int = 300) -> str:
     """Untrusted free text on one line: no HTML, no @-mentions, no #-references."""
-    text = " ".join(_sanitize(text).split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
+    text = cut(" ".join(_sanitize(text).split()), limit)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = text.replace("|", "\\|")
     # A zero-width space after @ and # keeps the text readable but inert.
@@ -164,10 +160,7 @@ def _table(iterations: Sequence[Iteration], *, changes: bool) -> str:
 
 def _within(text: str, limit: int) -> str:
     """Last resort when clipping logs was not enough: cut the end, say so."""
-    if len(text) <= limit:
-        return text
-    suffix = "\n\n… (truncated to fit GitHub's size limit)"
-    return text[: limit - len(suffix)] + suffix
+    return cut(text, limit, "\n\n… (truncated to fit GitHub's size limit)")
 
 
 def _fit(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -12,19 +12,20 @@ from bot.agent.context import ContextPolicy, Task
 from bot.agent.loop import Budget, Outcome, OutcomeKind, Reporter, solve
 from bot.agent.model import ModelClient
 from bot.agent.steps import JournaledSteps
-from bot.config import Settings
 from bot.errors import JournalMismatch, LeaseLost
 from bot.journal import RunJournal, digest
 from bot.sandbox.base import RemoteSandbox, Sandbox
 
 
-def budget_from(settings: Settings) -> Budget:
-    return Budget(
-        max_iterations=settings.max_iterations,
-        max_total_tokens=settings.max_total_tokens,
-        max_wall_seconds=settings.max_wall_seconds,
-        max_invalid_replies=settings.max_invalid_replies,
-    )
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run needs to know of the settings, as domain values."""
+
+    budget: Budget = field(default_factory=Budget)
+    policy: ContextPolicy = field(default_factory=ContextPolicy)
+    model: str = "openai/gpt-oss-120b"
+    max_tokens: int = 4096
+    lease_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,13 @@ def execute(
     client: redis.Redis,
     model: ModelClient,
     sandbox: Sandbox,
-    settings: Settings,
+    config: RunConfig,
     reporter: Reporter | None = None,
     on_wait: Callable[[float], None] | None = None,
     on_resume: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Run (or resume) `request` to its outcome, recording every step in the journal."""
-    journal = RunJournal(client, request.run_id, lease_seconds=settings.lease_seconds)
+    journal = RunJournal(client, request.run_id, lease_seconds=config.lease_seconds)
     task_digest = digest(request.task.to_dict())
     journal.acquire(on_wait=on_wait)
     try:
@@ -73,8 +74,8 @@ def execute(
             title=request.task.title or request.task.text.strip().splitlines()[0][:80],
             target=request.task.target,
             task_digest=task_digest,
-            model=settings.groq_model,
-            max_iterations=settings.max_iterations,
+            model=config.model,
+            max_iterations=config.budget.max_iterations,
             resumed_at=time.time() if recorded else None,
             **meta,
         )
@@ -82,13 +83,10 @@ def execute(
             outcome = solve(
                 request.task,
                 JournaledSteps(journal, model, sandbox),
-                budget=budget_from(settings),
-                policy=ContextPolicy(
-                    keep_full=settings.keep_full_observations,
-                    observation_chars=settings.observation_chars,
-                ),
-                model=settings.groq_model,
-                max_completion_tokens=settings.max_completion_tokens,
+                budget=config.budget,
+                policy=config.policy,
+                model=config.model,
+                max_tokens=config.max_tokens,
                 reporter=reporter,
                 initial_files=request.initial_files,
             )
@@ -109,3 +107,40 @@ def execute(
         return outcome
     finally:
         journal.release()
+
+
+@dataclass
+class Executor:
+    """Runs requests under their journal: this process's model, a fresh sandbox per run."""
+
+    redis: redis.Redis
+    model: ModelClient
+    new_sandbox: Callable[[], Sandbox]
+    config: RunConfig
+
+    @property
+    def budget(self) -> Budget:
+        return self.config.budget
+
+    def run(
+        self,
+        request: RunRequest,
+        *,
+        reporter: Reporter | None = None,
+        on_wait: Callable[[float], None] | None = None,
+        on_resume: Callable[[int], None] | None = None,
+    ) -> Outcome:
+        sandbox = self.new_sandbox()
+        try:
+            return execute(
+                request,
+                client=self.redis,
+                model=self.model,
+                sandbox=sandbox,
+                config=self.config,
+                reporter=reporter,
+                on_wait=on_wait,
+                on_resume=on_resume,
+            )
+        finally:
+            sandbox.close()

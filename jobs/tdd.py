@@ -1,115 +1,61 @@
-"""RQ entry points: thin. They take ids, build services from the environment, call bot/."""
+"""The RQ entry point: thin. It decodes the action, wires clients from the environment,
+calls the use case, and reports a failure on the issue or PR once RQ gives up."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
+import redis
 from rq import get_current_job
 
-from bot.config import load_settings
+from bot import wiring
+from bot.config import Settings, load_settings, process_environ
 from bot.github import flow
-from bot.services import Services
+from bot.github.api import RepoApi
+from bot.github.webhooks import Job, StartRun, action_from_json
 
 log = logging.getLogger("tdd_agent.jobs")
 
 
-def _services() -> Services:
-    return Services.from_settings(load_settings())
+def handle(action_json: str, run_id: str) -> str:
+    """A labeled issue → a run → a PR; `/retry` on a PR → a new run updating it.
+
+    `run_id` is the job id: RQ running the job again (a dead worker) resumes the run.
+    """
+    action = action_from_json(action_json)
+    settings = load_settings(process_environ())
+    client = wiring.redis_client(settings, embedded=False)
+    with wiring.GitHubApp(settings).repo_api(action.repo) as api:
+        try:
+            return run(action, api=api, settings=settings, client=client, run_id=run_id)
+        except Exception as exc:
+            log.exception("run %s failed", run_id)
+            job = get_current_job()
+            if job is not None and job.retries_left:
+                raise  # RQ runs it again and the run resumes from its journal
+            report(action, api=api, settings=settings, run_id=run_id, reason=str(exc))
+            raise
 
 
-def _reporting_failure(
-    services: Services,
-    work: Callable[[], str],
-    *,
-    owner: str,
-    repo: str,
-    installation_id: int | None,
-    number: int,
-    run_id: str,
-    on_pull_request: bool = False,
-) -> str:
-    """Run `work`; when it fails for the last time, say so on issue or PR `number`."""
-    try:
-        return work()
-    except Exception as exc:
-        log.exception("run %s failed", run_id)
-        job = get_current_job()
-        if job is not None and job.retries_left:
-            raise  # RQ runs it again and the run resumes from its journal
-        flow.report_failure(
-            services,
-            owner=owner,
-            repo=repo,
-            installation_id=installation_id,
-            number=number,
-            run_id=run_id,
-            reason=str(exc)[:500],
-            on_pull_request=on_pull_request,
-        )
-        raise
-
-
-def run_issue(
-    *,
-    owner: str,
-    repo: str,
-    installation_id: int | None,
-    issue_number: int,
-    sender: str,
-    run_id: str,
-) -> str:
-    """A labeled issue → a run → a pull request. Re-running the job resumes the run."""
-    services = _services()
-    return _reporting_failure(
-        services,
-        lambda: flow.handle_issue(
-            services,
-            owner=owner,
-            repo=repo,
-            installation_id=installation_id,
-            issue_number=issue_number,
-            sender=sender,
-            run_id=run_id,
-        ),
-        owner=owner,
-        repo=repo,
-        installation_id=installation_id,
-        number=issue_number,
+def run(action: Job, *, api: RepoApi, settings: Settings, client: redis.Redis, run_id: str) -> str:
+    use_case = flow.handle_issue if isinstance(action, StartRun) else flow.handle_retry
+    status = use_case(
+        action,  # type: ignore[arg-type]  # narrowed with use_case just above
+        api=api,
+        executor=wiring.executor(settings, client),
+        locks=wiring.IssueLocks(client, lease_seconds=settings.lease_seconds),
         run_id=run_id,
+        trigger_label=settings.trigger_label,
     )
+    return status.value
 
 
-def retry_pr(
-    *,
-    owner: str,
-    repo: str,
-    installation_id: int | None,
-    pr_number: int,
-    comment_id: int,
-    sender: str,
-    guidance: str | None,
-    run_id: str,
-) -> str:
-    """`/retry` on a PR the app opened → a new run that updates that PR."""
-    services = _services()
-    return _reporting_failure(
-        services,
-        lambda: flow.handle_retry(
-            services,
-            owner=owner,
-            repo=repo,
-            installation_id=installation_id,
-            pr_number=pr_number,
-            comment_id=comment_id,
-            sender=sender,
-            guidance=guidance,
-            run_id=run_id,
-        ),
-        owner=owner,
-        repo=repo,
-        installation_id=installation_id,
-        number=pr_number,
+def report(action: Job, *, api: RepoApi, settings: Settings, run_id: str, reason: str) -> None:
+    on_issue = isinstance(action, StartRun)
+    flow.report_failure(
+        api,
+        number=action.issue_number if isinstance(action, StartRun) else action.pr_number,
         run_id=run_id,
-        on_pull_request=True,
+        reason=reason[:500],
+        trigger_label=settings.trigger_label if on_issue else None,
     )

@@ -10,18 +10,13 @@ failing every job.
 from __future__ import annotations
 
 import jobs.tdd  # noqa: F401 - imported once in the parent, inherited by every job
-from bot.config import load_settings
-from bot.sandbox.factory import backend_name
-from bot.services import tls_context
+from bot import wiring
+from bot.config import SERVER_REDIS_URL, load_settings, process_environ
 
-_settings = load_settings()
+_settings = load_settings(process_environ())
 
-REDIS_URL = _settings.server_redis_url
+REDIS_URL = _settings.redis_url or SERVER_REDIS_URL
 QUEUES = [_settings.queue_name]
 
-tls_context()  # the CA bundle, loaded once for every job's HTTP clients
-
-if backend_name(_settings) == "local":
-    from bot.sandbox.local import LocalSandbox
-
-    LocalSandbox().check()
+wiring.tls_context()  # the CA bundle, loaded once for every job's HTTP clients
+wiring.check_sandbox(_settings)

@@ -9,6 +9,7 @@ import groq
 import pytest
 import redis
 
+from bot import wiring
 from bot.agent.context import Task
 from bot.agent.model import GroqModel
 from bot.config import load_settings
@@ -45,7 +46,7 @@ def test_resume_reconnects_to_the_recorded_sandbox(
                 client=redis_client,
                 model=model,
                 sandbox=first,
-                settings=settings,
+                config=wiring.run_config(settings),
             )
         recorded = RunJournal(redis_client, "e2b-run").get_meta("sandbox_id")
         assert recorded == first.sandbox_id and e2b.created() == [recorded]
@@ -58,7 +59,7 @@ def test_resume_reconnects_to_the_recorded_sandbox(
                 client=redis_client,
                 model=model,
                 sandbox=second,
-                settings=settings,
+                config=wiring.run_config(settings),
             )
         finally:
             second.close()

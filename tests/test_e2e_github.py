@@ -22,8 +22,9 @@ import redis
 import uvicorn
 
 from bot.config import load_settings
-from bot.github.webhooks import sign
+from bot.github.webhooks import Repo, sign
 from bot.web import create_app
+from bot.wiring import IssueLocks
 from tests.fakes import groq as g
 from tests.fakes.github import FakeGitHub, generate_pem
 from tests.support import GOOD, HALF, ISSUE_BODY, free_port
@@ -274,9 +275,14 @@ def test_an_issue_without_tests_gets_an_explanation(stack: Stack) -> None:
 
 def test_a_second_trigger_while_a_run_is_active_gets_a_comment(stack: Stack) -> None:
     # Another run holds the issue (its worker is busy elsewhere): this trigger must not start.
-    stack.redis.set(f"tdd:active:{REPO}#1", "issue-octo-demo-1-other", ex=60)
-    stack.deliver("issues", labeled_payload(1))
-    stack.work()
+    locks = IssueLocks(stack.redis, lease_seconds=60)
+    other = locks.lease(Repo("octo", "demo", None), 1, "issue-octo-demo-1-other")
+    assert other.try_acquire() is None
+    try:
+        stack.deliver("issues", labeled_payload(1))
+        stack.work()
+    finally:
+        other.release()
     (comment,) = stack.github.comments(REPO, 1)
     assert "already working on this" in comment["body"]
     assert stack.groq.requests == [] and stack.github.pulls(REPO) == []

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bot.errors import IssueError
 from bot.issue import (
     GUIDANCE_HEADING,
-    IssueError,
     IssueSpec,
     build_task,
     no_tests_message,

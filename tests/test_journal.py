@@ -118,7 +118,7 @@ def test_stale_owner_is_fenced_off(redis_client: redis.Redis) -> None:
     stale.acquire()
     stale.step("model", {"q": 1}, lambda: (1, {}))
     # Freeze the stale owner's heartbeat, as if the process were paused (GC, SIGSTOP).
-    stale._stop.set()
+    stale.lease._stop.set()
     time.sleep(0.6)
 
     fresh = RunJournal(redis_client, "r5", lease_seconds=0.4)

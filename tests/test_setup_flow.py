@@ -17,7 +17,7 @@ import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from bot.config import Settings
+from bot.config import Settings, load_settings, process_environ
 from bot.errors import ConfigError
 from bot.github.setup_flow import (
     APP_YML,
@@ -28,7 +28,7 @@ from bot.github.setup_flow import (
     render_env,
     setup_router,
 )
-from bot.services import private_key
+from bot.wiring import private_key
 from tests.fakes.github import FakeGitHub
 from tests.support import free_port
 
@@ -71,16 +71,9 @@ def fake() -> Iterator[FakeGitHub]:
         yield server
 
 
-@pytest.fixture(autouse=True)
-def _no_credentials_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Settings(_env_file=...) still reads the process env first; keep it out of the way.
-    for name in CREDENTIAL_VARS:
-        monkeypatch.delenv(name, raising=False)
-
-
 def unconfigured(fake: FakeGitHub, **overrides: object) -> Settings:
     values: dict[str, object] = {"github_api_url": fake.url, **overrides}
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 def client_for(
@@ -272,7 +265,7 @@ def test_callback_writes_credentials_and_sends_the_browser_to_install(
     # One line per key: the PEM's newlines are escaped inside double quotes.
     assert 'PRIVATE_KEY="-----BEGIN RSA PRIVATE KEY-----\\nMII' in text
 
-    loaded = Settings(_env_file=env)  # type: ignore[call-arg]
+    loaded = load_settings(process_environ(env, environ={}))
     assert loaded.app_id == conversion["id"]
     assert loaded.private_key is not None
     assert loaded.private_key.get_secret_value() == conversion["pem"]

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 
-from bot.agent.context import ContextPolicy, Task, Turn, build_messages, clip, render_test_output
+from bot.agent.context import ContextPolicy, Task, Turn, build_messages, render_test_output
+from bot.agent.loop import TOOLS
+from bot.agent.model import ModelReply, RawCall
 from bot.agent.targets import infer_target
-from bot.agent.tools import InvalidCall, ToolCall, apply_edit, parse_reply
+from bot.agent.tools import InvalidCall, ToolCall, apply_edit
 from bot.sandbox.base import TestResult
+from bot.text import clip
 
 PROTECTED = frozenset({"test_roman.py"})
 
 
-def reply_with(name: str, arguments: object) -> dict:
+def reply_with(name: str, arguments: object) -> ModelReply:
     raw = arguments if isinstance(arguments, str) else json.dumps(arguments)
-    return {"tool_calls": [{"id": "c1", "name": name, "arguments": raw}], "error": None}
+    return ModelReply(tool_calls=(RawCall(id="c1", name=name, arguments=raw),))
 
 
 def call(name: str, **arguments: str) -> ToolCall:
@@ -22,22 +25,22 @@ def call(name: str, **arguments: str) -> ToolCall:
 
 
 def test_parse_reply_accepts_one_valid_call() -> None:
-    parsed = parse_reply(reply_with("write_file", {"path": "roman.py", "content": "x = 1\n"}))
+    parsed = TOOLS.parse(reply_with("write_file", {"path": "roman.py", "content": "x = 1\n"}))
     assert isinstance(parsed, ToolCall)
     assert parsed.arguments == {"path": "roman.py", "content": "x = 1\n"}
-    assert isinstance(parse_reply(reply_with("run_tests", "null")), ToolCall)
+    assert isinstance(TOOLS.parse(reply_with("run_tests", "null")), ToolCall)
 
 
 def test_parse_reply_explains_what_is_wrong() -> None:
     cases = {
-        "text instead of a tool call": {"content": "Here is the code", "tool_calls": []},
+        "text instead of a tool call": ModelReply(content="Here is the code"),
         "not valid JSON": reply_with("write_file", '{"path": "a.py", '),
         "Unknown tool": reply_with("delete_tests", {}),
         "needs string argument": reply_with("write_file", {"path": "a.py"}),
-        "tool_use_failed": {"error": "tool_use_failed: <function=write_file>", "tool_calls": []},
+        "tool_use_failed": ModelReply(error="tool_use_failed: <function=write_file>"),
     }
     for expected, reply in cases.items():
-        parsed = parse_reply(reply)
+        parsed = TOOLS.parse(reply)
         assert isinstance(parsed, InvalidCall), expected
         assert expected in parsed.message
 
@@ -104,10 +107,12 @@ def test_old_observations_shrink_to_one_line_and_prefix_is_stable() -> None:
         Turn({"role": "assistant", "content": f"a{i}"}, f"FULL OUTPUT {i}", f"summary {i}", None)
         for i in range(4)
     ]
-    messages = build_messages(task, turns, ContextPolicy(keep_full=2, observation_chars=4000))
+    messages = build_messages(
+        task, turns, ContextPolicy(keep_full=2, observation_chars=4000), tools=TOOLS
+    )
     observations = [m["content"] for m in messages if m["role"] == "user"][1:]
     assert observations == ["summary 0", "summary 1", "FULL OUTPUT 2", "FULL OUTPUT 3"]
-    shorter = build_messages(task, turns[:1], ContextPolicy())
+    shorter = build_messages(task, turns[:1], ContextPolicy(), tools=TOOLS)
     assert messages[:2] == shorter[:2], "system prompt and task stay first and identical"
     assert "from roman import r" in messages[1]["content"]
 
@@ -120,3 +125,27 @@ def test_target_is_inferred_from_the_tests_imports() -> None:
     assert infer_target({"t.py": "import os\n"}) is None
     existing = frozenset({"helpers.py"})
     assert infer_target({"t.py": "import helpers\nimport fizz\n"}, existing) == "fizz.py"
+
+
+def test_one_registry_drives_schemas_prompt_and_invalid_reply_text() -> None:
+    names = {schema["function"]["name"] for schema in TOOLS.schemas()}
+    assert (
+        names
+        == set(TOOLS.names)
+        == {
+            "write_file",
+            "replace_in_file",
+            "read_file",
+            "run_tests",
+            "finish",
+        }
+    )
+    task = Task(text="t", tests={"test_a.py": "import a\n"}, target="a.py")
+    system = build_messages(task, [], ContextPolicy(), tools=TOOLS)[0]["content"]
+    assert "{tools}" not in system
+    for name in TOOLS.names:
+        assert f"  - {name}(" in system
+        invalid = TOOLS.parse(ModelReply(content="plain text"))
+        assert isinstance(invalid, InvalidCall) and name in invalid.message
+    write = ToolCall("c", "write_file", {"path": "a.py", "content": "x = 1\ny = 2\n"})
+    assert TOOLS.describe(write) == "write_file a.py (3 lines)"

@@ -14,7 +14,16 @@ from fastapi.testclient import TestClient
 from rq import Queue
 
 from bot.config import load_settings
-from bot.github.webhooks import Ignore, RetryRun, StartRun, retry_guidance, route, sign
+from bot.github.webhooks import (
+    Ignore,
+    Repo,
+    RetryRun,
+    StartRun,
+    action_from_json,
+    retry_guidance,
+    route,
+    sign,
+)
 from bot.web import create_app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
@@ -87,15 +96,14 @@ def test_labeled_issue_enqueues_one_run(client: TestClient, queue: Queue) -> Non
     job_id = response.json()["queued"]
     assert queue.job_ids == [job_id]
     job = queue.fetch_job(job_id)
-    assert job is not None and job.func_name == "jobs.tdd.run_issue"
-    assert job.kwargs == {
-        "owner": "Codertocat",
-        "repo": "Hello-World",
-        "installation_id": 4242,
-        "sender": "Codertocat",
-        "run_id": job_id,
-        "issue_number": 1,
-    }
+    assert job is not None and job.func_name == "jobs.tdd.handle"
+    action_json, run_id = job.args
+    assert run_id == job_id
+    assert action_from_json(action_json) == StartRun(
+        repo=Repo(owner="Codertocat", name="Hello-World", installation_id=4242),
+        issue_number=1,
+        sender="Codertocat",
+    )
     assert job.retries_left == 3, "a dead worker's job comes back and resumes its journal"
 
 
@@ -172,9 +180,10 @@ def test_retry_on_a_pr_enqueues_a_retry_job(client, queue) -> None:
     )
     assert response.status_code == 202
     job = queue.fetch_job(response.json()["queued"])
-    assert job is not None and job.func_name == "jobs.tdd.retry_pr"
-    assert job.kwargs["guidance"] == "handle zero too"
-    assert job.kwargs["pr_number"] == 1
+    assert job is not None and job.func_name == "jobs.tdd.handle"
+    action = action_from_json(job.args[0])
+    assert isinstance(action, RetryRun)
+    assert (action.guidance, action.pr_number) == ("handle zero too", 1)
 
 
 def test_retry_from_bots_or_on_issues_or_without_command_is_ignored(client, queue) -> None:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
-from bot.agent.tools import TOOL_SCHEMAS
+from bot.agent.model import Message, ModelRequest
+from bot.agent.tools import Toolbox
 from bot.sandbox.base import TestResult
+from bot.text import clip
 
-SYSTEM_PROMPT = (Path(__file__).parent / "prompts" / "system.md").read_text(encoding="utf-8")
+# Package data, so an installed wheel finds it; `{tools}` is filled from the tool registry.
+SYSTEM_TEMPLATE = (files("bot.agent") / "prompts" / "system.md").read_text(encoding="utf-8")
+
+
+def system_prompt(tools: Toolbox[Any]) -> str:
+    return SYSTEM_TEMPLATE.replace("{tools}", tools.prompt_list())
 
 
 @dataclass(frozen=True)
@@ -49,15 +56,6 @@ class ContextPolicy:
     observation_chars: int = 4000
 
 
-def clip(text: str, limit: int) -> str:
-    """Head and tail of `text` within about `limit` characters."""
-    if len(text) <= limit:
-        return text
-    head = limit * 2 // 5
-    tail = limit - head
-    return f"{text[:head]}\n[... {len(text) - limit} characters clipped ...]\n{text[-tail:]}"
-
-
 def render_test_output(result: TestResult, *, limit: int) -> str:
     """Test output for the model: a header (counts, failing ids), then clipped output."""
     lines = [f"Tests: {result.summary()}"]
@@ -92,10 +90,12 @@ def shrunk(policy: ContextPolicy, level: int) -> ContextPolicy:
     )
 
 
-def build_messages(task: Task, turns: list[Turn], policy: ContextPolicy) -> list[dict[str, Any]]:
+def build_messages(
+    task: Task, turns: list[Turn], policy: ContextPolicy, *, tools: Toolbox[Any]
+) -> list[Message]:
     """The full message list: stable prefix first so Groq's prefix cache hits."""
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": SYSTEM_PROMPT},
+    messages: list[Message] = [
+        {"role": "system", "content": system_prompt(tools)},
         {"role": "user", "content": first_message(task)},
     ]
     cutoff = len(turns) - policy.keep_full
@@ -115,15 +115,13 @@ def build_request(
     turns: list[Turn],
     policy: ContextPolicy,
     *,
+    tools: Toolbox[Any],
     model: str,
-    max_completion_tokens: int,
-) -> dict[str, Any]:
-    return {
-        "model": model,
-        "messages": build_messages(task, turns, policy),
-        "tools": TOOL_SCHEMAS,
-        "tool_choice": "required",
-        "parallel_tool_calls": False,
-        "max_completion_tokens": max_completion_tokens,
-        "temperature": 0.2,
-    }
+    max_tokens: int,
+) -> ModelRequest:
+    return ModelRequest(
+        model=model,
+        messages=tuple(build_messages(task, turns, policy, tools=tools)),
+        tools=tools.schemas(),
+        max_tokens=max_tokens,
+    )

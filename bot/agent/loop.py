@@ -8,13 +8,15 @@ through `Steps` (journaled in production), progress goes out through a `Reporter
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
 from bot.agent.context import ContextPolicy, Task, Turn, build_request, render_test_output, shrunk
-from bot.agent.model import Reply
-from bot.agent.tools import InvalidCall, ToolCall, apply_edit, parse_reply
+from bot.agent.model import Message, ModelReply, ModelRequest
+from bot.agent.steps import Timed
+from bot.agent.tools import InvalidCall, Tool, Toolbox, ToolCall, apply_edit
 from bot.journal import digest
 from bot.sandbox.base import TestResult, Workspace
 
@@ -87,9 +89,9 @@ class Outcome:
 class Steps(Protocol):
     """The loop's only I/O: a model turn and a sandbox run, each returning its duration."""
 
-    def model(self, request: dict[str, Any]) -> tuple[Reply, float, bool]: ...
+    def model(self, request: ModelRequest) -> Timed[ModelReply]: ...
 
-    def tests(self, workspace: Workspace) -> tuple[TestResult, float, bool]: ...
+    def tests(self, workspace: Workspace) -> Timed[TestResult]: ...
 
 
 class Reporter(Protocol):
@@ -118,11 +120,12 @@ class _State:
     best: tuple[tuple[int, int], dict[str, str], TestResult] | None = None
 
 
-def _score(result: TestResult) -> tuple[int, int]:
+def score(result: TestResult) -> tuple[int, int]:
+    """How good a candidate is: more tests passing, then fewer failing."""
     return (result.passed, -(result.failed + result.errors))
 
 
-def _assistant_message(call: ToolCall) -> dict[str, Any]:
+def _assistant_message(call: ToolCall) -> Message:
     return {
         "role": "assistant",
         "tool_calls": [
@@ -135,12 +138,12 @@ def _assistant_message(call: ToolCall) -> dict[str, Any]:
     }
 
 
-def _invalid_turn(reply: Reply, invalid: InvalidCall) -> Turn:
+def _invalid_turn(reply: ModelReply, invalid: InvalidCall) -> Turn:
     # The broken call itself is not echoed back: its arguments may not be valid JSON, which
     # Groq would reject in the next request. Its text (if any) and the error are enough.
     assistant = None
-    if reply.get("content"):
-        assistant = {"role": "assistant", "content": str(reply["content"])[:2000]}
+    if reply.content:
+        assistant = {"role": "assistant", "content": reply.content[:2000]}
     return Turn(assistant, invalid.message, "(an invalid reply was rejected)", None)
 
 
@@ -153,7 +156,7 @@ class _Runner:
         budget: Budget,
         policy: ContextPolicy,
         model: str,
-        max_completion_tokens: int,
+        max_tokens: int,
         reporter: Reporter,
         initial_files: dict[str, str] | None,
     ) -> None:
@@ -162,7 +165,7 @@ class _Runner:
         self.budget = budget
         self.policy = policy
         self.model = model
-        self.max_completion_tokens = max_completion_tokens
+        self.max_tokens = max_tokens
         self.reporter = reporter
         self.protected = frozenset(task.tests)
         self.state = _State(files=dict(initial_files or {}))
@@ -177,29 +180,32 @@ class _Runner:
         files_digest = digest(self.state.files)
         if self.state.last is not None and self.state.last[0] == files_digest:
             return self.state.last[1]
-        result, seconds, _ = self.steps.tests(self.workspace())
-        self.state.elapsed += seconds
+        step = self.steps.tests(self.workspace())
+        result = step.value
+        self.state.elapsed += step.seconds
         self.state.last = (files_digest, result)
         best = self.state.best
-        if best is None or _score(result) > best[0]:
-            self.state.best = (_score(result), dict(self.state.files), result)
+        if best is None or score(result) > best[0]:
+            self.state.best = (score(result), dict(self.state.files), result)
         return result
 
-    def ask_model(self) -> Reply:
+    def ask_model(self) -> ModelReply:
         """One model turn; a 413 shrinks the context and asks again."""
         for level in range(MAX_SHRINK + 1):
             request = build_request(
                 self.task,
                 self.state.turns,
                 shrunk(self.policy, level),
+                tools=TOOLS,
                 model=self.model,
-                max_completion_tokens=self.max_completion_tokens,
+                max_tokens=self.max_tokens,
             )
-            reply, seconds, self._replayed = self.steps.model(request)
-            self.state.elapsed += seconds
-            self.state.tokens += int(reply["usage"]["total_tokens"])
-            if not reply.get("too_large"):
-                return reply
+            step = self.steps.model(request)
+            reply, self._replayed = step.value, step.replayed
+            self.state.elapsed += step.seconds
+            self.state.tokens += reply.usage.total_tokens
+            if not reply.too_large:
+                break
         return reply
 
     def outcome(self, kind: OutcomeKind, reason: str) -> Outcome:
@@ -223,11 +229,11 @@ class _Runner:
             self.reporter.iteration_started(number, self.budget)
             self._mark = (number, s.tokens, s.elapsed)
             reply = self.ask_model()
-            if reply.get("too_large"):
+            if reply.too_large:
                 return self.outcome(
                     OutcomeKind.ERROR, "the request is too large for the model even when shrunk"
                 )
-            parsed = parse_reply(reply)
+            parsed = TOOLS.parse(reply)
             if isinstance(parsed, InvalidCall):
                 s.invalid_streak += 1
                 s.turns.append(_invalid_turn(reply, parsed))
@@ -267,23 +273,17 @@ class _Runner:
 
     def dispatch(self, call: ToolCall) -> Outcome | None:
         """Carry out one tool call; an Outcome when it ends the run."""
-        handler = {
-            "write_file": self.edit,
-            "replace_in_file": self.edit,
-            "read_file": self.read,
-            "run_tests": self.test,
-            "finish": self.finish,
-        }[call.name]
-        return handler(call, _assistant_message(call), call.describe())
+        handler = TOOLS.handler(call)
+        return handler(self, call, _assistant_message(call), TOOLS.describe(call))
 
-    def _observe(self, assistant: dict[str, Any], text: str, summary: str, call_id: str) -> None:
+    def _observe(self, assistant: Message, text: str, summary: str, call_id: str) -> None:
         self.state.turns.append(Turn(assistant, text, summary, call_id))
 
     def _tested(self, result: TestResult, prefix: str = "") -> str:
         observed = render_test_output(result, limit=self.policy.observation_chars)
         return f"{prefix}\n\n{observed}" if prefix else observed
 
-    def edit(self, call: ToolCall, assistant: dict[str, Any], action: str) -> Outcome | None:
+    def edit(self, call: ToolCall, assistant: Message, action: str) -> Outcome | None:
         s = self.state
         edit = apply_edit(s.files, call, protected=self.protected)
         if not edit.applied:
@@ -299,7 +299,7 @@ class _Runner:
         self._record(action, edit.message, changed=changed, tests=result)
         return self.outcome(OutcomeKind.PASSED, "all tests pass") if result.ok else None
 
-    def read(self, call: ToolCall, assistant: dict[str, Any], action: str) -> Outcome | None:
+    def read(self, call: ToolCall, assistant: Message, action: str) -> Outcome | None:
         path = call.arguments["path"]
         content = self.workspace().get(path)
         text = content if content is not None else f"{path} does not exist."
@@ -307,13 +307,13 @@ class _Runner:
         self._record(action, f"read {path}")
         return None
 
-    def test(self, call: ToolCall, assistant: dict[str, Any], action: str) -> Outcome | None:
+    def test(self, call: ToolCall, assistant: Message, action: str) -> Outcome | None:
         result = self.run_tests()
         self._observe(assistant, self._tested(result), f"run_tests: {result.summary()}", call.id)
         self._record(action, result.summary(), tests=result)
         return self.outcome(OutcomeKind.PASSED, "all tests pass") if result.ok else None
 
-    def finish(self, call: ToolCall, assistant: dict[str, Any], action: str) -> Outcome | None:
+    def finish(self, call: ToolCall, assistant: Message, action: str) -> Outcome | None:
         summary = str(call.arguments.get("summary", ""))[:500]
         if call.arguments.get("give_up"):
             self._record(action, summary)
@@ -331,6 +331,67 @@ class _Runner:
         return None
 
 
+Handler = Callable[[_Runner, ToolCall, Message, str], Outcome | None]
+_PATH = {"type": "string", "description": "Path relative to the repository root"}
+
+TOOLS: Toolbox[Handler] = Toolbox(
+    [
+        Tool(
+            "write_file",
+            "write_file(path, content)",
+            "Create or replace a whole file. Prefer this for new files. The tests run "
+            "automatically afterwards.",
+            {"path": _PATH, "content": {"type": "string", "description": "The whole file"}},
+            _Runner.edit,
+            required=("path", "content"),
+            describe=lambda a: (
+                f"write_file {a['path']} ({str(a['content']).count(chr(10)) + 1} lines)"
+            ),
+        ),
+        Tool(
+            "replace_in_file",
+            "replace_in_file(path, old, new)",
+            "Replace one exact snippet that appears once in an existing file. The tests run "
+            "automatically afterwards.",
+            {
+                "path": _PATH,
+                "old": {"type": "string", "description": "Exact text, appearing once"},
+                "new": {"type": "string", "description": "Replacement text"},
+            },
+            _Runner.edit,
+            required=("path", "old", "new"),
+            describe=lambda a: f"replace_in_file {a['path']}",
+        ),
+        Tool(
+            "read_file",
+            "read_file(path)",
+            "Read a file of the workspace (candidate code, tests or repository files).",
+            {"path": _PATH},
+            _Runner.read,
+            required=("path",),
+            describe=lambda a: f"read_file {a['path']}",
+        ),
+        Tool(
+            "run_tests",
+            "run_tests()",
+            "Run the test suite on the current files.",
+            {},
+            _Runner.test,
+        ),
+        Tool(
+            "finish",
+            "finish(summary, give_up)",
+            "Say you are done. Accepted only if the tests pass when re-run; set give_up to "
+            "true if you cannot make them pass.",
+            {"summary": {"type": "string"}, "give_up": {"type": "boolean"}},
+            _Runner.finish,
+            required=("summary",),
+            describe=lambda a: "finish (give up)" if a.get("give_up") else "finish",
+        ),
+    ]
+)
+
+
 def solve(
     task: Task,
     steps: Steps,
@@ -338,7 +399,7 @@ def solve(
     budget: Budget,
     policy: ContextPolicy,
     model: str,
-    max_completion_tokens: int = 4096,
+    max_tokens: int = 4096,
     reporter: Reporter | None = None,
     initial_files: dict[str, str] | None = None,
 ) -> Outcome:
@@ -349,7 +410,7 @@ def solve(
         budget=budget,
         policy=policy,
         model=model,
-        max_completion_tokens=max_completion_tokens,
+        max_tokens=max_tokens,
         reporter=reporter or NullReporter(),
         initial_files=initial_files,
     )

@@ -1,50 +1,123 @@
-"""The model client: one chat completion through the groq SDK, normalized to plain data."""
+"""The model seam: a typed request in, a typed reply out; provider specifics stay in a client.
+
+`ModelClient.complete(ModelRequest) -> ModelReply` is all the loop knows. A provider is one
+class that turns the request into its API's call and its answer (or its errors) back into a
+`ModelReply`: Groq is `GroqModel`.
+"""
 
 from __future__ import annotations
 
 import json
 import ssl
 import time
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import groq
 
 from bot.errors import ConfigError, ModelError
 
-# What a reply looks like once normalized (and journaled):
-# {"content": str | None, "tool_calls": [{"id", "name", "arguments"}], "finish_reason": str,
-#  "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}, "latency": float,
-#  "error": str | None, "too_large": bool}
-Reply = dict[str, Any]
-Request = dict[str, Any]
+Message = dict[str, Any]  # one chat message, in the OpenAI chat shape every provider speaks
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """One turn: the conversation so far and the tools the model may call."""
+
+    model: str
+    messages: tuple[Message, ...]
+    tools: tuple[dict[str, Any], ...]
+    max_tokens: int = 4096
+    temperature: float = 0.2
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: what the journal digests to recognize the same turn on replay."""
+        return {
+            "model": self.model,
+            "messages": list(self.messages),
+            "tools": list(self.tools),
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
+
+
+@dataclass(frozen=True)
+class RawCall:
+    """A tool call as the provider returned it; `arguments` is usually a JSON string."""
+
+    id: str
+    name: str
+    arguments: Any
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    """What came back. `error` is a reply the model botched (it costs a turn, not the run);
+    `too_large` asks the loop to shrink the request."""
+
+    content: str | None = None
+    tool_calls: tuple[RawCall, ...] = ()
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    latency: float = 0.0
+    error: str | None = None
+    too_large: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tool_calls"] = [asdict(c) for c in self.tool_calls]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelReply:
+        return cls(
+            content=data.get("content"),
+            tool_calls=tuple(RawCall(**c) for c in data.get("tool_calls") or ()),
+            finish_reason=data.get("finish_reason"),
+            usage=Usage(**(data.get("usage") or {})),
+            latency=float(data.get("latency") or 0.0),
+            error=data.get("error"),
+            too_large=bool(data.get("too_large")),
+        )
+
+    def summary(self) -> str:
+        """A short line for logs: the tool called or what went wrong."""
+        if self.error:
+            return f"invalid: {self.error[:80]}"
+        if not self.tool_calls:
+            return "text reply"
+        call = self.tool_calls[0]
+        try:
+            args = (
+                json.loads(call.arguments or "{}")
+                if isinstance(call.arguments, str)
+                else call.arguments
+            )
+        except json.JSONDecodeError:
+            return f"{call.name} (bad arguments)"
+        path = args.get("path") if isinstance(args, dict) else None
+        return f"{call.name} {path}" if path else str(call.name)
 
 
 class ModelClient(Protocol):
-    def complete(self, request: Request) -> Reply: ...
+    def complete(self, request: ModelRequest) -> ModelReply: ...
 
 
-def _usage(usage: Any) -> dict[str, int]:
+def _usage(usage: Any) -> Usage:
     if usage is None:
-        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return {
-        "prompt_tokens": int(usage.prompt_tokens or 0),
-        "completion_tokens": int(usage.completion_tokens or 0),
-        "total_tokens": int(usage.total_tokens or 0),
-    }
-
-
-def _empty_reply(**fields: Any) -> Reply:
-    reply: Reply = {
-        "content": None,
-        "tool_calls": [],
-        "finish_reason": None,
-        "usage": _usage(None),
-        "latency": 0.0,
-        "error": None,
-        "too_large": False,
-    }
-    reply.update(fields)
-    return reply
+        return Usage()
+    return Usage(
+        prompt_tokens=int(usage.prompt_tokens or 0),
+        completion_tokens=int(usage.completion_tokens or 0),
+        total_tokens=int(usage.total_tokens or 0),
+    )
 
 
 def _error_body(exc: groq.APIStatusError) -> dict[str, Any]:
@@ -79,10 +152,23 @@ class GroqModel:
             )
         )
 
-    def complete(self, request: Request) -> Reply:
+    @staticmethod
+    def arguments(request: ModelRequest) -> dict[str, Any]:
+        """Groq's call: one tool call per turn, always a tool call."""
+        return {
+            "model": request.model,
+            "messages": list(request.messages),
+            "tools": list(request.tools),
+            "tool_choice": "required",
+            "parallel_tool_calls": False,
+            "max_completion_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+
+    def complete(self, request: ModelRequest) -> ModelReply:
         t0 = time.monotonic()
         try:
-            completion = self.client.chat.completions.create(**request)
+            completion = self.client.chat.completions.create(**self.arguments(request))
         except groq.AuthenticationError as exc:
             raise ConfigError(
                 "Groq rejected GROQ_API_KEY (401). Check the key at https://console.groq.com/keys."
@@ -93,44 +179,25 @@ class GroqModel:
             if exc.status_code == 400 and err.get("code") == "tool_use_failed":
                 # The model produced a malformed call: feed that back, it counts as a turn.
                 failed = str(err.get("failed_generation") or "")[:500]
-                return _empty_reply(
-                    error=f"tool_use_failed: {failed}" if failed else "tool_use_failed",
-                    latency=latency,
-                )
+                error = f"tool_use_failed: {failed}" if failed else "tool_use_failed"
+                return ModelReply(error=error, latency=latency)
             if exc.status_code == 413:
-                return _empty_reply(too_large=True, error="request too large", latency=latency)
+                return ModelReply(too_large=True, error="request too large", latency=latency)
             message = err.get("message") or str(exc)
             raise ModelError(f"Groq answered {exc.status_code}: {message}") from exc
         except (groq.APIConnectionError, groq.APITimeoutError) as exc:
             raise ModelError(
                 f"could not reach Groq at {self.client.base_url} after retries: {exc}"
             ) from exc
-        latency = time.monotonic() - t0
         choice = completion.choices[0]
-        calls = [
-            {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+        calls = tuple(
+            RawCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
             for c in (choice.message.tool_calls or [])
-        ]
-        return _empty_reply(
+        )
+        return ModelReply(
             content=choice.message.content,
             tool_calls=calls,
             finish_reason=choice.finish_reason,
             usage=_usage(completion.usage),
-            latency=latency,
+            latency=time.monotonic() - t0,
         )
-
-
-def reply_summary(reply: Reply) -> str:
-    """A short line for logs: the tool called or what went wrong."""
-    if reply.get("error"):
-        return f"invalid: {reply['error'][:80]}"
-    calls = reply.get("tool_calls") or []
-    if not calls:
-        return "text reply"
-    call = calls[0]
-    try:
-        args = json.loads(call["arguments"] or "{}")
-    except (json.JSONDecodeError, TypeError):
-        return f"{call['name']} (bad arguments)"
-    path = args.get("path") if isinstance(args, dict) else None
-    return f"{call['name']} {path}" if path else str(call["name"])

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from bot.agent.model import ModelClient, Reply, reply_summary
+from bot.agent.model import ModelClient, ModelReply, ModelRequest
 from bot.journal import RunJournal
 from bot.sandbox.base import Sandbox, TestResult, Workspace
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Timed(Generic[T]):
+    """A step's value, the seconds it took (as recorded, when replayed), and whether the
+    journal replayed it instead of running it."""
+
+    value: T
+    seconds: float
+    replayed: bool = False
 
 
 class DirectSteps:
@@ -17,15 +30,15 @@ class DirectSteps:
         self._model = model
         self._sandbox = sandbox
 
-    def model(self, request: dict[str, Any]) -> tuple[Reply, float, bool]:
+    def model(self, request: ModelRequest) -> Timed[ModelReply]:
         t0 = time.monotonic()
         reply = self._model.complete(request)
-        return reply, time.monotonic() - t0, False
+        return Timed(reply, time.monotonic() - t0)
 
-    def tests(self, workspace: Workspace) -> tuple[TestResult, float, bool]:
+    def tests(self, workspace: Workspace) -> Timed[TestResult]:
         t0 = time.monotonic()
         result = self._sandbox.run_tests(workspace)
-        return result, time.monotonic() - t0, False
+        return Timed(result, time.monotonic() - t0)
 
 
 class JournaledSteps:
@@ -36,24 +49,24 @@ class JournaledSteps:
         self._model = model
         self._sandbox = sandbox
 
-    def model(self, request: dict[str, Any]) -> tuple[Reply, float, bool]:
-        def call() -> tuple[Reply, dict[str, Any]]:
+    def model(self, request: ModelRequest) -> Timed[ModelReply]:
+        def call() -> tuple[dict[str, Any], dict[str, Any]]:
             reply = self._model.complete(request)
-            return reply, {
-                "tokens": reply["usage"]["total_tokens"],
-                "prompt_tokens": reply["usage"]["prompt_tokens"],
-                "latency": reply.get("latency", 0.0),
-                "summary": reply_summary(reply),
-                "messages": len(request["messages"]),
+            return reply.to_dict(), {
+                "tokens": reply.usage.total_tokens,
+                "prompt_tokens": reply.usage.prompt_tokens,
+                "latency": reply.latency,
+                "summary": reply.summary(),
+                "messages": len(request.messages),
             }
 
-        step = self.journal.step("model", request, call)
-        return step.output, step.duration, step.replayed
+        step = self.journal.step("model", request.to_dict(), call)
+        return Timed(ModelReply.from_dict(step.output), step.duration, step.replayed)
 
-    def tests(self, workspace: Workspace) -> tuple[TestResult, float, bool]:
+    def tests(self, workspace: Workspace) -> Timed[TestResult]:
         def call() -> tuple[dict[str, Any], dict[str, Any]]:
             result = self._sandbox.run_tests(workspace)
             return result.to_dict(), {"summary": result.summary(), "files": len(workspace)}
 
         step = self.journal.step("sandbox", workspace, call)
-        return TestResult.from_dict(step.output), step.duration, step.replayed
+        return Timed(TestResult.from_dict(step.output), step.duration, step.replayed)

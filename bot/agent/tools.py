@@ -1,92 +1,47 @@
-"""The model's tools: their schemas, parsing a reply into a call, and applying edits (pure)."""
+"""The model's tools: the registry, parsing a reply into a call, and applying edits (pure)."""
 
 from __future__ import annotations
 
 import ast
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from bot.agent.model import ModelReply
 
 MAX_FILE_CHARS = 200_000
 
-TOOL_SCHEMAS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "write_file",
-            "description": "Create or overwrite a whole file with new content. The tests run "
-            "automatically afterwards.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string", "description": "Relative path, e.g. roman.py"},
-                    "content": {"type": "string", "description": "The complete file content"},
-                },
-                "required": ["path", "content"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "replace_in_file",
-            "description": "Replace one exact, unique snippet of an existing file. The tests "
-            "run automatically afterwards.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string"},
-                    "old": {"type": "string", "description": "Exact text, appearing once"},
-                    "new": {"type": "string", "description": "Replacement text"},
-                },
-                "required": ["path", "old", "new"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "read_file",
-            "description": "Read a file of the workspace (candidate code or tests).",
-            "parameters": {
-                "type": "object",
-                "properties": {"path": {"type": "string"}},
-                "required": ["path"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "run_tests",
-            "description": "Run the test suite on the current files.",
-            "parameters": {"type": "object", "properties": {}},
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "finish",
-            "description": "Say you are done. Accepted only if the tests pass when re-run. Set "
-            "give_up to true if you cannot make them pass.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "summary": {"type": "string"},
-                    "give_up": {"type": "boolean"},
-                },
-                "required": ["summary"],
-            },
-        },
-    },
-]
+H = TypeVar("H")
 
-TOOL_NAMES = frozenset(t["function"]["name"] for t in TOOL_SCHEMAS)
-_REQUIRED = {
-    t["function"]["name"]: tuple(t["function"]["parameters"].get("required", ()))
-    for t in TOOL_SCHEMAS
-}
+
+@dataclass(frozen=True)
+class Tool(Generic[H]):
+    """One tool: what the model is told (schema, prompt line), how a call reads in logs,
+    and the handler that carries it out (the loop's)."""
+
+    name: str
+    signature: str  # as the prompt lists it, e.g. `write_file(path, content)`
+    description: str
+    parameters: dict[str, Any]
+    handler: H
+    required: tuple[str, ...] = ()
+    describe: Callable[[dict[str, Any]], str] | None = None
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": {
+                    "type": "object",
+                    "properties": self.parameters,
+                    **({"required": list(self.required)} if self.required else {}),
+                },
+            },
+        }
 
 
 @dataclass(frozen=True)
@@ -94,17 +49,6 @@ class ToolCall:
     id: str
     name: str
     arguments: dict[str, Any]
-
-    def describe(self) -> str:
-        """A short human line, e.g. `write_file roman.py (42 lines)`."""
-        args = self.arguments
-        if self.name == "write_file":
-            return f"write_file {args['path']} ({str(args['content']).count(chr(10)) + 1} lines)"
-        if self.name in {"replace_in_file", "read_file"}:
-            return f"{self.name} {args['path']}"
-        if self.name == "finish":
-            return "finish (give up)" if args.get("give_up") else "finish"
-        return self.name
 
 
 @dataclass(frozen=True)
@@ -115,39 +59,64 @@ class InvalidCall:
     call_id: str | None = None
 
 
-def parse_reply(reply: dict[str, Any]) -> ToolCall | InvalidCall:
-    """Turn a normalized model reply into exactly one tool call, or say what is wrong."""
-    if reply.get("error"):
-        return InvalidCall(
-            "Your last reply was not a valid tool call "
-            f"({reply['error']}). Call exactly one of the tools with JSON arguments."
-        )
-    calls = reply.get("tool_calls") or []
-    if not calls:
-        return InvalidCall(
-            "You replied with text instead of a tool call. Respond only by calling one tool: "
-            "write_file, replace_in_file, read_file, run_tests or finish."
-        )
-    first = calls[0]
-    call_id = first.get("id") or "call_0"
-    name = first.get("name")
-    if name not in TOOL_NAMES:
-        return InvalidCall(
-            f"Unknown tool {name!r}. Use one of: {', '.join(sorted(TOOL_NAMES))}.", call_id
-        )
-    raw = first.get("arguments")
-    try:
-        args = json.loads(raw) if isinstance(raw, str) else raw
-    except json.JSONDecodeError as exc:
-        return InvalidCall(f"The arguments of {name} are not valid JSON ({exc}).", call_id)
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        return InvalidCall(f"The arguments of {name} must be a JSON object.", call_id)
-    missing = [k for k in _REQUIRED[name] if not isinstance(args.get(k), str)]
-    if missing:
-        return InvalidCall(f"{name} needs string argument(s): {', '.join(missing)}.", call_id)
-    return ToolCall(id=call_id, name=name, arguments=args)
+class Toolbox(Generic[H]):
+    """The registry: schemas, the prompt's tool list and the invalid-reply text all come
+    from the same `Tool` objects, so a tool is added in one place."""
+
+    def __init__(self, tools: Sequence[Tool[H]]) -> None:
+        self.tools = {t.name: t for t in tools}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.tools)
+
+    def schemas(self) -> tuple[dict[str, Any], ...]:
+        return tuple(t.schema() for t in self.tools.values())
+
+    def prompt_list(self) -> str:
+        return "\n".join(f"  - {t.signature}: {t.description}" for t in self.tools.values())
+
+    def handler(self, call: ToolCall) -> H:
+        return self.tools[call.name].handler
+
+    def describe(self, call: ToolCall) -> str:
+        """A short human line, e.g. `write_file roman.py (42 lines)`."""
+        tool = self.tools[call.name]
+        return tool.describe(call.arguments) if tool.describe else call.name
+
+    def parse(self, reply: ModelReply) -> ToolCall | InvalidCall:
+        """Turn a model reply into exactly one tool call, or say what is wrong."""
+        names = ", ".join(self.names)
+        if reply.error:
+            return InvalidCall(
+                "Your last reply was not a valid tool call "
+                f"({reply.error}). Call exactly one of the tools with JSON arguments."
+            )
+        if not reply.tool_calls:
+            return InvalidCall(
+                "You replied with text instead of a tool call. Respond only by calling one "
+                f"tool: {names}."
+            )
+        first = reply.tool_calls[0]
+        call_id = first.id or "call_0"
+        tool = self.tools.get(first.name)
+        if tool is None:
+            return InvalidCall(f"Unknown tool {first.name!r}. Use one of: {names}.", call_id)
+        raw = first.arguments
+        try:
+            args = json.loads(raw) if isinstance(raw, str) else raw
+        except json.JSONDecodeError as exc:
+            return InvalidCall(f"The arguments of {tool.name} are not valid JSON ({exc}).", call_id)
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            return InvalidCall(f"The arguments of {tool.name} must be a JSON object.", call_id)
+        missing = [k for k in tool.required if not isinstance(args.get(k), str)]
+        if missing:
+            return InvalidCall(
+                f"{tool.name} needs string argument(s): {', '.join(missing)}.", call_id
+            )
+        return ToolCall(id=call_id, name=tool.name, arguments=args)
 
 
 def check_path(path: str, *, protected: frozenset[str]) -> str | None:

@@ -105,6 +105,14 @@ class RepoApi:
         self.repo = repo
         self._trees: dict[str, str] = {}
 
+    def __enter__(self) -> RepoApi:
+        """One HTTP client (and connection) for everything until `__exit__`."""
+        self.gh.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.gh.__exit__(*exc)  # type: ignore[arg-type]
+
     # -- reading ----------------------------------------------------------------------------
 
     def default_branch(self) -> str:

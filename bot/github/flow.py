@@ -1,17 +1,25 @@
-"""What the worker does for a labeled issue or a `/retry`: check, run, publish, report."""
+"""What the worker does for a labeled issue or a `/retry`: check, run, publish, report.
+
+The use cases take the narrow things they use (a repository API, the run executor, the
+issue locks) and return a `JobStatus`.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
 
 from githubkit.exception import GitHubException
 
-from bot.agent.loop import Budget, Iteration, Outcome
-from bot.errors import GitHubError
+from bot.agent.loop import Budget, Iteration, Outcome, Reporter
+from bot.errors import GitHubError, IssueError, NoTests
 from bot.github.api import RepoApi, message_of
-from bot.issue import IssueError, NoTests, build_task, no_tests_message, parse_issue
+from bot.github.webhooks import Repo, RetryRun, StartRun
+from bot.issue import build_task, no_tests_message, parse_issue
+from bot.journal import Lease
 from bot.report import (
     CHECK_RUN_NAME,
     PROGRESS_MARKER,
@@ -26,42 +34,41 @@ from bot.report import (
     render_progress,
     retry_started_message,
 )
-from bot.run import RunRequest, budget_from, execute
-from bot.services import Services
+from bot.run import RunRequest
 
 log = logging.getLogger("tdd_agent.flow")
 WRITERS = frozenset({"admin", "maintain", "write"})
 ISSUE_MARKER = "<!-- tdd-agent:issue -->"
 
 
+class JobStatus(StrEnum):
+    """How a job ended: no run (and why), or the run's outcome."""
+
+    REFUSED = "refused"
+    BUSY = "busy"
+    NO_TASK = "no-task"
+    NOT_OURS = "not-ours"
+    PASSED = "passed"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    GAVE_UP = "gave_up"
+    ERROR = "error"
+
+
+class RunExecutor(Protocol):
+    """What the flow needs of `bot.run.Executor`."""
+
+    @property
+    def budget(self) -> Budget: ...
+
+    def run(self, request: RunRequest, *, reporter: Reporter | None = None) -> Outcome: ...
+
+
+class Locks(Protocol):
+    def lease(self, repo: Repo, issue_number: int, run_id: str) -> Lease: ...
+
+
 def branch_for(issue_number: int) -> str:
     return f"agent-tdd/issue-{issue_number}"
-
-
-class ActiveRun:
-    """One active run per issue: a Redis key naming the run that holds it."""
-
-    def __init__(self, services: Services, key: str, run_id: str, ttl: int) -> None:
-        self.redis = services.redis
-        self.key = f"tdd:active:{key}"
-        self.run_id = run_id
-        self.ttl = ttl
-
-    def acquire(self) -> str | None:
-        """None when acquired (or already ours: RQ re-running our job); else the holder."""
-        if self.redis.set(self.key, self.run_id, nx=True, ex=self.ttl):
-            return None
-        holder = self.redis.get(self.key)
-        holder_id = holder.decode() if isinstance(holder, bytes) else holder
-        if holder_id in (None, self.run_id):
-            self.redis.set(self.key, self.run_id, ex=self.ttl)
-            return None
-        return str(holder_id)
-
-    def release(self) -> None:
-        holder = self.redis.get(self.key)
-        if holder is not None and holder.decode() == self.run_id:
-            self.redis.delete(self.key)
 
 
 class ProgressComment:
@@ -140,28 +147,27 @@ def publish(
     return Published(pr.url, pr.number, created)
 
 
-def _explain(api: RepoApi, number: int, text: str) -> str:
+def _explain(api: RepoApi, number: int, text: str) -> JobStatus:
     """Why no run starts, in the one comment kept for that (edited on a later trigger)."""
     api.upsert_comment(number, ISSUE_MARKER, f"{ISSUE_MARKER}\n{text}")
-    return "no-task"
+    return JobStatus.NO_TASK
 
 
 def _solve_and_publish(
-    services: Services,
     api: RepoApi,
+    executor: RunExecutor,
     *,
     issue_number: int,
     report_on: int,
     run_id: str,
     guidance: str | None,
-    branch: str,
-) -> str:
-    settings = services.settings
-    budget = budget_from(settings)
+    trigger_label: str,
+) -> JobStatus:
+    budget = executor.budget
     issue = api.issue(issue_number)
     spec = parse_issue(issue.title, issue.body)
     if not spec.has_tests:  # said before reading the whole repository
-        return _explain(api, report_on, no_tests_message(settings.trigger_label))
+        return _explain(api, report_on, no_tests_message(trigger_label))
     base_branch = api.default_branch()
     base_sha = api.branch_sha(base_branch)
     if base_sha is None:
@@ -170,14 +176,13 @@ def _solve_and_publish(
     try:
         task = build_task(spec, repo_files, guidance=guidance)
     except NoTests:
-        return _explain(api, report_on, no_tests_message(settings.trigger_label))
+        return _explain(api, report_on, no_tests_message(trigger_label))
     except IssueError as exc:
-        return _explain(api, report_on, issue_problem_message(str(exc), settings.trigger_label))
+        return _explain(api, report_on, issue_problem_message(str(exc), trigger_label))
     progress = ProgressComment(api, report_on, run_id, budget)
     progress.show(RUNNING)
-    sandbox = services.sandbox()
     try:
-        outcome = execute(
+        outcome = executor.run(
             RunRequest(
                 run_id=run_id,
                 task=task,
@@ -187,17 +192,11 @@ def _solve_and_publish(
                 if task.target in repo_files
                 else None,
             ),
-            client=services.redis,
-            model=services.model(),
-            sandbox=sandbox,
-            settings=settings,
             reporter=progress,
         )
     except Exception as exc:
         progress.show("error", detail=str(exc)[:300])
         raise
-    finally:
-        sandbox.close()
     progress.iterations = list(outcome.iterations)
     try:
         published = publish(
@@ -209,7 +208,7 @@ def _solve_and_publish(
             budget=budget,
             base_branch=base_branch,
             base_sha=base_sha,
-            branch=branch,
+            branch=branch_for(issue_number),
         )
     except GitHubException as exc:
         # The run itself is safe in the journal: a retry replays it and publishes again.
@@ -222,29 +221,28 @@ def _solve_and_publish(
         pr_url=published.pr_url if published else None,
         last_output=last,
     )
-    return outcome.kind.value
+    return JobStatus(outcome.kind.value)
 
 
 def _exclusively(
-    services: Services,
     api: RepoApi,
+    locks: Locks,
     *,
+    repo: Repo,
     issue_number: int,
     reply_on: int,
     run_id: str,
-    work: Callable[[], str],
-) -> str:
+    work: Callable[[], JobStatus],
+) -> JobStatus:
     """Run `work` unless another run holds this issue; then say so on `reply_on`."""
-    ttl = int(services.settings.max_wall_seconds * 2 + 900)
-    active = ActiveRun(services, f"{api.owner}/{api.repo}#{issue_number}", run_id, ttl)
-    holder = active.acquire()
-    if holder is not None:
-        api.comment(reply_on, already_running_message(holder))
-        return "busy"
+    lease = locks.lease(repo, issue_number, run_id)
+    if lease.try_acquire() is not None:
+        api.comment(reply_on, already_running_message(lease.holder() or "another run"))
+        return JobStatus.BUSY
     try:
         return work()
     finally:
-        active.release()
+        lease.release()
 
 
 def _allowed(api: RepoApi, sender: str, reply_on: int) -> bool:
@@ -255,101 +253,87 @@ def _allowed(api: RepoApi, sender: str, reply_on: int) -> bool:
 
 
 def handle_issue(
-    services: Services,
+    action: StartRun,
     *,
-    owner: str,
-    repo: str,
-    installation_id: int | None,
-    issue_number: int,
-    sender: str,
+    api: RepoApi,
+    executor: RunExecutor,
+    locks: Locks,
     run_id: str,
-) -> str:
+    trigger_label: str,
+) -> JobStatus:
     """A labeled issue: a run, then a PR (or a draft with the best candidate)."""
-    api = services.repo_api(installation_id, owner, repo)
-    with api.gh:  # one HTTP client (and connection) for the whole job
-        if not _allowed(api, sender, issue_number):
-            return "refused"
+    number = action.issue_number
+    if not _allowed(api, action.sender, number):
+        return JobStatus.REFUSED
 
-        def work() -> str:
-            api.react(issue_number, "eyes")
-            return _solve_and_publish(
-                services,
-                api,
-                issue_number=issue_number,
-                report_on=issue_number,
-                run_id=run_id,
-                guidance=None,
-                branch=branch_for(issue_number),
-            )
-
-        return _exclusively(
-            services,
+    def work() -> JobStatus:
+        api.react(number, "eyes")
+        return _solve_and_publish(
             api,
-            issue_number=issue_number,
-            reply_on=issue_number,
+            executor,
+            issue_number=number,
+            report_on=number,
             run_id=run_id,
-            work=work,
+            guidance=None,
+            trigger_label=trigger_label,
         )
+
+    return _exclusively(
+        api, locks, repo=action.repo, issue_number=number, reply_on=number, run_id=run_id, work=work
+    )
 
 
 def handle_retry(
-    services: Services,
+    action: RetryRun,
     *,
-    owner: str,
-    repo: str,
-    installation_id: int | None,
-    pr_number: int,
-    comment_id: int,
-    sender: str,
-    guidance: str | None,
+    api: RepoApi,
+    executor: RunExecutor,
+    locks: Locks,
     run_id: str,
-) -> str:
+    trigger_label: str,
+) -> JobStatus:
     """`/retry` on the bot's PR: run the task again and update the same PR and branch."""
-    api = services.repo_api(installation_id, owner, repo)
-    with api.gh:
-        marker = parse_pr_marker(api.get_pull(pr_number).body)
-        if marker is None:
-            return "not-ours"
-        if not _allowed(api, sender, pr_number):
-            return "refused"
-        issue_number = int(marker["issue"])
+    pr = action.pr_number
+    marker = parse_pr_marker(api.get_pull(pr).body)
+    if marker is None:
+        return JobStatus.NOT_OURS
+    if not _allowed(api, action.sender, pr):
+        return JobStatus.REFUSED
+    issue_number = int(marker["issue"])
 
-        def work() -> str:
-            api.react(pr_number, "eyes", comment_id=comment_id)
-            api.comment(pr_number, retry_started_message(run_url_or_id=run_id, guidance=guidance))
-            return _solve_and_publish(
-                services,
-                api,
-                issue_number=issue_number,
-                report_on=pr_number,
-                run_id=run_id,
-                guidance=guidance,
-                branch=branch_for(issue_number),
-            )
-
-        return _exclusively(
-            services, api, issue_number=issue_number, reply_on=pr_number, run_id=run_id, work=work
+    def work() -> JobStatus:
+        api.react(pr, "eyes", comment_id=action.comment_id)
+        api.comment(pr, retry_started_message(run_url_or_id=run_id, guidance=action.guidance))
+        return _solve_and_publish(
+            api,
+            executor,
+            issue_number=issue_number,
+            report_on=pr,
+            run_id=run_id,
+            guidance=action.guidance,
+            trigger_label=trigger_label,
         )
+
+    return _exclusively(
+        api,
+        locks,
+        repo=action.repo,
+        issue_number=issue_number,
+        reply_on=pr,
+        run_id=run_id,
+        work=work,
+    )
 
 
 def report_failure(
-    services: Services,
-    *,
-    owner: str,
-    repo: str,
-    installation_id: int | None,
-    number: int,
-    run_id: str,
-    reason: str,
-    on_pull_request: bool = False,
+    api: RepoApi, *, number: int, run_id: str, reason: str, trigger_label: str | None
 ) -> None:
     """Last resort when a job fails for good: say so on the issue or PR, with how to retry
-    there (re-label the issue; comment `/retry` on the PR)."""
-    label = None if on_pull_request else services.settings.trigger_label
+    there (re-label the issue: `trigger_label`; None on a PR, where `/retry` works)."""
     try:
-        api = services.repo_api(installation_id, owner, repo)
         api.comment(
-            number, failure_message(reason=reason, run_url_or_id=run_id, trigger_label=label)
+            number,
+            failure_message(reason=reason, run_url_or_id=run_id, trigger_label=trigger_label),
         )
     except GitHubException as exc:
         log.error("could not report the failure of %s: %s", run_id, message_of(exc))

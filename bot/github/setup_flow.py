@@ -48,7 +48,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from bot.config import Settings
-from bot.errors import ConfigError, GitHubError
+from bot.errors import ConfigError, ConversionFailed
+from bot.keys import SETUP_STATE_PREFIX
 
 log = logging.getLogger("tdd_agent.setup")
 
@@ -144,7 +145,7 @@ class MemoryStateStore:
 class RedisStateStore:
     """States in Redis, shared by every web process; Redis expires them."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "tdd:setup-state:") -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str = SETUP_STATE_PREFIX) -> None:
         self._client = client
         self._prefix = prefix
 
@@ -220,15 +221,6 @@ def settings_have_credentials(settings: Settings) -> bool:
 
 
 # -- the code exchange -------------------------------------------------------------------------
-
-
-class ConversionFailed(GitHubError):
-    """The manifest code could not be exchanged; `status` is what the browser gets."""
-
-    def __init__(self, message: str, *, status: int, retry: bool) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry = retry
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from bot.errors import WebhookRejected
 
 MAX_BODY_BYTES = 25 * 1024 * 1024
 _RETRY_LINE = re.compile(r"^[ \t]*/retry(?:[ \t]+(?P<guidance>\S.*?))?[ \t]*$", re.MULTILINE)
@@ -27,6 +31,40 @@ def verify_signature(body: bytes, signature_256: str | None, secret: str) -> boo
 def sign(body: bytes, secret: str) -> str:
     """The `X-Hub-Signature-256` value GitHub would send (for tests and benchmarks)."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A verified webhook delivery: GitHub's event name, its delivery id, the JSON object."""
+
+    event: str
+    id: str
+    payload: dict[str, Any]
+
+
+def parse_delivery(headers: Mapping[str, str], body: bytes, *, secret: str) -> Delivery:
+    """Verify and decode one delivery (headers with lower-case names); raises
+    `WebhookRejected` with the HTTP status and a one-line reason."""
+    if not secret:
+        raise WebhookRejected(503, "WEBHOOK_SECRET is not configured on this server")
+    if not verify_signature(body, headers.get("x-hub-signature-256"), secret):
+        # Probot's hint: the usual cause is a secret mismatch, not an attack.
+        raise WebhookRejected(
+            401,
+            "signature missing or invalid: send X-Hub-Signature-256 (sha256=...) and check "
+            "that the app's webhook secret matches WEBHOOK_SECRET",
+        )
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WebhookRejected(400, "body is not valid JSON") from exc
+    if not isinstance(payload, dict):
+        raise WebhookRejected(400, "body is not a JSON object")
+    return Delivery(
+        event=headers.get("x-github-event", ""),
+        id=headers.get("x-github-delivery", ""),
+        payload=payload,
+    )
 
 
 @dataclass(frozen=True)
@@ -48,6 +86,9 @@ class StartRun:
     issue_number: int
     sender: str
 
+    def to_json(self) -> str:
+        return json.dumps({"kind": "start", **asdict(self)})
+
 
 @dataclass(frozen=True)
 class RetryRun:
@@ -59,6 +100,9 @@ class RetryRun:
     sender: str
     guidance: str | None
 
+    def to_json(self) -> str:
+        return json.dumps({"kind": "retry", **asdict(self)})
+
 
 @dataclass(frozen=True)
 class Ignore:
@@ -66,6 +110,19 @@ class Ignore:
 
 
 Action = StartRun | RetryRun | Ignore
+Job = StartRun | RetryRun  # the actions that become a job
+
+
+def action_from_json(text: str) -> Job:
+    """The action `to_json` wrote (the one job entry point's argument)."""
+    data = json.loads(text)
+    kind = data.pop("kind")
+    data["repo"] = Repo(**data["repo"])
+    if kind == "start":
+        return StartRun(**data)
+    if kind == "retry":
+        return RetryRun(**data)
+    raise ValueError(f"unknown action kind {kind!r}")
 
 
 def retry_guidance(body: str | None) -> tuple[bool, str | None]:

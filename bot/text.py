@@ -1,0 +1,31 @@
+"""Fitting text into a limit: one rule for logs, prompts, comments and terminals (pure)."""
+
+from __future__ import annotations
+
+
+def clip(text: str, limit: int, *, head_share: float = 0.4) -> str:
+    """Head and tail of `text` within about `limit` characters, with a note of the cut.
+
+    The tail gets the larger share: pytest prints the failures and the summary last.
+    """
+    if len(text) <= limit:
+        return text
+    head = int(limit * head_share)
+    tail = limit - head
+    return f"{text[:head]}\n[... {len(text) - limit} characters clipped ...]\n{text[-tail:]}"
+
+
+def tail_lines(text: str, limit: int) -> str:
+    """The end of `text` within `limit` characters, starting at a line boundary."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    tail = text[-limit:]
+    return "…\n" + tail[tail.find("\n") + 1 :]
+
+
+def cut(text: str, limit: int, suffix: str = "…") -> str:
+    """`text` cut to `limit` characters, ending in `suffix` when it was cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - len(suffix), 0)] + suffix
