@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from importlib.metadata import version
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -35,6 +35,7 @@ from bot.errors import (
 )
 from bot.issue import IssueSpec, build_task
 from bot.journal import list_runs, load_run
+from bot.paths import is_relative_path
 from bot.progress import TerminalReporter
 from bot.run import RunRequest
 from bot.text import tail_lines
@@ -172,7 +173,7 @@ def task_from_args(args: argparse.Namespace) -> tuple[Task, str | None]:
         raise UsageError("give the task with --task, --task-file or --input")
     if not tests:
         raise UsageError("give at least one pytest file with --tests (or tests in --input)")
-    if target and (PurePosixPath(target).is_absolute() or ".." in PurePosixPath(target).parts):
+    if target and not is_relative_path(target):
         raise UsageError(f"--target must be a relative path, not {target}")
     # The same rules as an issue's: an empty repository, the tests and an optional target.
     spec = IssueSpec(title="", text=text, inline_tests=tests, target=target or None)

@@ -24,6 +24,7 @@ from typing import Literal
 from bot.agent.context import Task
 from bot.agent.targets import infer_target
 from bot.errors import IssueError, NoTarget, NoTests
+from bot.paths import relative_path
 
 INLINE_TEST_NAME = "test_issue.py"
 GUIDANCE_HEADING = "## Guidance from a maintainer (/retry)"
@@ -271,13 +272,13 @@ def _is_test_file(path: str) -> bool:
 
 
 def _checked(path: str, what: str) -> str:
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or ".." in p.parts or ":" in p.parts[0]:
+    try:
+        return relative_path(path)
+    except ValueError as exc:
         raise IssueError(
             f"{what} `{path}` is not a relative path inside the repository; "
             "write it like `tests/test_roman.py`."
-        )
-    return str(p)
+        ) from exc
 
 
 def _module_files(repo_files: dict[str, str]) -> dict[str, str]:

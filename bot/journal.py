@@ -199,6 +199,8 @@ class Lease:
         self._heartbeat.start()
 
     def renew(self) -> bool:
+        if self.epoch is None:
+            return False
         return bool(
             self._renew(
                 keys=[self.key, self.epoch_key],
@@ -370,7 +372,9 @@ def _meta(client: redis.Redis, run_id: str) -> dict[str, Any]:
 
 def list_runs(client: redis.Redis, limit: int = 20) -> list[dict[str, Any]]:
     """The most recent runs, newest first, with their meta fields."""
-    ids = client.zrevrange(RUNS_INDEX, 0, limit - 1, withscores=True)
+    ids: list[tuple[bytes, float]] = client.zrevrange(  # type: ignore[assignment]
+        RUNS_INDEX, 0, limit - 1, withscores=True
+    )
     runs = []
     for raw_id, created in ids:
         run_id = _decode(raw_id)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
-from bot.agent.loop import Budget, Iteration, Outcome, OutcomeKind
+from bot.agent.loop import Budget, Iteration, Outcome, OutcomeKind, score
 from bot.sandbox.base import TestResult
 from bot.text import clip, cut
 
@@ -96,14 +96,9 @@ def _tests_cell(result: TestResult | None) -> str:
     return ("✅ " if result.ok else "❌ ") + _counts(result)
 
 
-def _score(result: TestResult) -> tuple[int, int]:
-    # The loop's own ranking of candidates (bot.agent.loop._score).
-    return (result.passed, -(result.failed + result.errors))
-
-
 def _best(iterations: Sequence[Iteration]) -> TestResult | None:
     results = [it.tests for it in iterations if it.tests is not None]
-    return max(results, key=_score, default=None)
+    return max(results, key=score, default=None)
 
 
 def _passes(result: TestResult | None) -> str:

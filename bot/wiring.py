@@ -201,7 +201,7 @@ class GitHubApp:
         if installation_id is None:
             found = app.rest.apps.get_repo_installation(repo.owner, repo.name)
             installation_id = found.parsed_data.id
-        auth = app.auth.as_installation(installation_id)  # type: ignore[attr-defined]
+        auth = app.auth.as_installation(installation_id)
         return RepoApi(app.with_auth(auth), repo.owner, repo.name)
 
 

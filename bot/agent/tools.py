@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 from typing import Any, Generic, TypeVar
 
 from bot.agent.model import ModelReply
+from bot.paths import is_relative_path
 
 MAX_FILE_CHARS = 200_000
 
@@ -121,9 +122,9 @@ class Toolbox(Generic[H]):
 
 def check_path(path: str, *, protected: frozenset[str]) -> str | None:
     """Why the model may not write `path`, or None when it may."""
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or ".." in p.parts:
+    if not is_relative_path(path):
         return f"{path!r} is not a relative path inside the workspace."
+    p = PurePosixPath(path)
     if str(p) in protected:
         return (
             f"{path} is a test file and is read-only: the tests are correct and must not be "

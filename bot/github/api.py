@@ -13,7 +13,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from githubkit import AppAuthStrategy, GitHub
 from githubkit.cache import MemCacheStrategy
@@ -22,6 +22,8 @@ from githubkit.typing import RetryOption
 
 log = logging.getLogger("tdd_agent.github")
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
+Reaction = Literal["+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"]
+Conclusion = Literal["success", "failure", "neutral", "cancelled", "timed_out", "action_required"]
 # githubkit sends X-GitHub-Api-Version 2026-03-10, the version its bundled models describe;
 # we keep that on purpose so that responses and models agree.
 
@@ -182,7 +184,8 @@ class RepoApi:
         """The first comment containing `marker` (ours), as (id, body)."""
         page = 1
         while True:
-            comments = self.gh.rest.issues.list_comments(
+            # githubkit's lazy list type is not iterable for mypy; the value is a list.
+            comments: list[Any] = self.gh.rest.issues.list_comments(
                 self.owner, self.repo, issue_number, per_page=100, page=page
             ).parsed_data
             for c in comments:
@@ -221,7 +224,7 @@ class RepoApi:
         ).parsed_data.id
 
     def react(
-        self, issue_number: int, content: str = "eyes", *, comment_id: int | None = None
+        self, issue_number: int, content: Reaction = "eyes", *, comment_id: int | None = None
     ) -> None:
         """Acknowledge with a reaction; best effort (the comment may be gone already)."""
         try:
@@ -232,7 +235,7 @@ class RepoApi:
                 return
             raise
 
-    def _react(self, issue_number: int, content: str, comment_id: int | None) -> None:
+    def _react(self, issue_number: int, content: Reaction, comment_id: int | None) -> None:
         # Reactions are idempotent on GitHub's side (200 for an existing one).
         if comment_id:
             self.gh.rest.reactions.create_for_issue_comment(
@@ -249,7 +252,7 @@ class RepoApi:
         self, *, branch: str, base_sha: str, files: dict[str, str], message: str
     ) -> str:
         """Commit `files` on top of `base_sha` and point `branch` at it (force); returns the sha."""
-        entries = [
+        entries: list[Any] = [
             {"path": path, "mode": "100644", "type": "blob", "content": content}
             for path, content in sorted(files.items())
         ]
@@ -329,10 +332,11 @@ class RepoApi:
     # -- check runs ------------------------------------------------------------------------
 
     def check_run(
-        self, *, name: str, head_sha: str, conclusion: str, output: dict[str, str]
+        self, *, name: str, head_sha: str, conclusion: Conclusion, output: dict[str, str]
     ) -> int:
         """The completed check run on `head_sha` (always a commit the bot just made)."""
-        return self.gh.rest.checks.create(
+        # `output` is githubkit's TypedDict of three strings; a plain dict has the same shape.
+        return self.gh.rest.checks.create(  # type: ignore[call-overload]
             self.owner,
             self.repo,
             name=name,

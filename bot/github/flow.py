@@ -10,13 +10,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, cast
 
 from githubkit.exception import GitHubException
 
 from bot.agent.loop import Budget, Iteration, Outcome, Reporter
 from bot.errors import GitHubError, IssueError, NoTests
-from bot.github.api import RepoApi, message_of
+from bot.github.api import Conclusion, RepoApi, message_of
 from bot.github.webhooks import Repo, RetryRun, StartRun
 from bot.issue import build_task, no_tests_message, parse_issue
 from bot.journal import Lease
@@ -82,10 +82,23 @@ class ProgressComment:
         self.iterations: list[Iteration] = []
         self.comment_id: int | None = None
 
-    def show(self, status: str, **kw: object) -> None:
+    def show(
+        self,
+        status: str,
+        *,
+        detail: str = "",
+        pr_url: str | None = None,
+        last_output: str | None = None,
+    ) -> None:
         body = render_progress(
-            run_id=self.run_id, iterations=self.iterations, budget=self.budget, status=status, **kw
-        )  # type: ignore[arg-type]
+            run_id=self.run_id,
+            iterations=self.iterations,
+            budget=self.budget,
+            status=status,
+            detail=detail,
+            pr_url=pr_url,
+            last_output=last_output,
+        )
         try:
             self.comment_id = self.api.upsert_comment(
                 self.issue_number, PROGRESS_MARKER, body, known_id=self.comment_id
@@ -141,7 +154,7 @@ def publish(
     api.check_run(
         name=CHECK_RUN_NAME,
         head_sha=sha,
-        conclusion=check["conclusion"],
+        conclusion=cast(Conclusion, check["conclusion"]),
         output={k: check[k] for k in ("title", "summary", "text")},
     )
     return Published(pr.url, pr.number, created)

@@ -53,7 +53,8 @@ from bot.keys import SETUP_STATE_PREFIX
 
 log = logging.getLogger("tdd_agent.setup")
 
-APP_YML = Path(__file__).resolve().parents[2] / "app.yml"
+# Package data: an installed wheel carries it next to this module.
+APP_YML = Path(__file__).with_name("app.yml")
 # Long enough to sign in to GitHub (with 2FA) and pick a free app name; short enough that a
 # leaked set-up page is soon useless.
 STATE_TTL_SECONDS = 15 * 60
@@ -79,7 +80,7 @@ def load_manifest(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
-            f"cannot read the app manifest {path}: {exc}; restore app.yml from the repository"
+            f"cannot read the app manifest {path}: {exc}; reinstall tdd-agent (app.yml ships in bot/github/)"
         ) from exc
     try:
         data = yaml.safe_load(text)
