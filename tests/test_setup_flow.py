@@ -126,7 +126,7 @@ def test_an_invalid_manifest_is_a_clear_configuration_error(tmp_path: Path) -> N
     broken.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="must be a YAML mapping"):
         load_manifest(broken)
-    with pytest.raises(ConfigError, match=r"restore app\.yml"):
+    with pytest.raises(ConfigError, match=r"reinstall tdd-agent"):
         load_manifest(tmp_path / "missing.yml")
 
 
