@@ -272,6 +272,14 @@ def _status_line(
     if status == OutcomeKind.ERROR:
         reason = f": {_plain(detail)}" if detail else ""
         return f"⚠️ The run failed{reason}{draft}"
+    if status == OutcomeKind.NOTHING_TO_DO:
+        return (
+            "✅ Nothing to do: every test already passes at the base commit, so no model was "
+            "asked and no pull request opened"
+        )
+    if status == OutcomeKind.UNTRUSTED:
+        reason = f": {_plain(detail)}" if detail else ""
+        return f"❌ Not verified{reason} — best candidate {_passes(best)}{draft}"
     return f"ℹ️ {_plain(status)}{extra}"
 
 
@@ -296,7 +304,12 @@ def render_progress(
     if pr_url:
         label = "Pull request" if str(status) == OutcomeKind.PASSED else "Draft pull request"
         parts.append(f"{label}: {pr_url}")
-    failed = str(status) in {OutcomeKind.BUDGET_EXHAUSTED, OutcomeKind.GAVE_UP, OutcomeKind.ERROR}
+    failed = str(status) in {
+        OutcomeKind.BUDGET_EXHAUSTED,
+        OutcomeKind.GAVE_UP,
+        OutcomeKind.ERROR,
+        OutcomeKind.UNTRUSTED,
+    }
     if failed and last_output and last_output.strip():
         output = clip(_sanitize(last_output).strip("\n"), PROGRESS_OUTPUT_CHARS)
         parts.append("Last test output:\n\n" + _fenced(output))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 import redis
 
@@ -12,6 +13,7 @@ from bot.agent.context import ContextPolicy, Task
 from bot.agent.loop import Budget, Outcome, OutcomeKind, Reporter, solve
 from bot.agent.model import ModelClient
 from bot.agent.steps import JournaledSteps
+from bot.agent.tools import EditRules
 from bot.errors import JournalMismatch, LeaseLost
 from bot.journal import RunJournal, digest
 from bot.sandbox.base import RemoteSandbox, Sandbox
@@ -26,6 +28,15 @@ class RunConfig:
     model: str = "openai/gpt-oss-120b"
     max_tokens: int = 4096
     lease_seconds: float = 10.0
+    # Import names the test environment provides: a candidate module may not shadow them.
+    shadowed: frozenset[str] = frozenset()
+
+
+def edit_rules(task: Task, config: RunConfig, initial_files: dict[str, str] | None) -> EditRules:
+    """The write rules for this task; the repository's own packages are its to change."""
+    own = {PurePosixPath(p).parts[0].removesuffix(".py") for p in task.context_files or {}}
+    own |= {PurePosixPath(p).parts[0].removesuffix(".py") for p in initial_files or {}}
+    return EditRules(tests=frozenset(task.tests), shadowed=config.shadowed - own)
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,7 @@ def execute(
                 max_tokens=config.max_tokens,
                 reporter=reporter,
                 initial_files=request.initial_files,
+                rules=edit_rules(request.task, config, request.initial_files),
             )
         except LeaseLost:
             raise

@@ -4,6 +4,7 @@ settings become domain values (budget, context policy, run deadline) in one plac
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,14 @@ def run_config(settings: Settings) -> RunConfig:
         model=settings.groq_model,
         max_tokens=settings.max_completion_tokens,
         lease_seconds=settings.lease_seconds,
+        shadowed=installed_modules(),
     )
+
+
+@functools.cache
+def installed_modules() -> frozenset[str]:
+    """Top-level import names of the packages the (local) test environment holds."""
+    return frozenset(importlib.metadata.packages_distributions())
 
 
 # -- clients -------------------------------------------------------------------------------------

@@ -82,8 +82,9 @@ def test_killed_mid_sandbox_step_resumes_without_repeating_finished_turns(
     with g.FakeGroq([write(WRONG), write(RIGHT)]) as fake:
         # A lease longer than start-up, so the second process visibly waits for it to lapse.
         first = start_cli(tmp_path, fake, redis_url, "durable-1", lease=4)
-        # Steps: 1 model, 2 sandbox (red), 3 model, 4 sandbox: kill while 4 is running.
-        wait_for_step(redis_client, "durable-1", 4, "started")
+        # Steps: 1 sandbox (red at base), 2 model, 3 sandbox (still red), 4 model,
+        # 5 sandbox: kill while 5 is running.
+        wait_for_step(redis_client, "durable-1", 5, "started")
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert len(fake.requests) == 2
@@ -92,18 +93,19 @@ def test_killed_mid_sandbox_step_resumes_without_repeating_finished_turns(
         _, err = second.communicate(timeout=60)
         assert second.returncode == 0, err
         assert "waiting for its lease to lapse" in err
-        assert "resuming durable-1: 4 recorded steps replay" in err
+        assert "resuming durable-1: 5 recorded steps replay" in err
 
         assert len(fake.requests) == 2, "finished model turns were replayed, not re-requested"
         assert fake.exhausted == 0
         _, steps = load_run(redis_client, "durable-1") or ({}, [])
         assert [(s.seq, s.kind, s.status, s.attempt) for s in steps] == [
-            (1, "model", "done", 1),
-            (2, "sandbox", "done", 1),
-            (3, "model", "done", 1),
-            (4, "sandbox", "done", 2),  # the interrupted step, and only it, ran again
+            (1, "sandbox", "done", 1),
+            (2, "model", "done", 1),
+            (3, "sandbox", "done", 1),
+            (4, "model", "done", 1),
+            (5, "sandbox", "done", 2),  # the interrupted step, and only it, ran again
         ]
-        assert steps[3].output["passed"] == 2
+        assert steps[4].output["passed"] == 2
         assert (tmp_path / "out" / "calc.py").read_text() == RIGHT
 
 
@@ -112,7 +114,7 @@ def test_a_stale_lease_holder_is_fenced_off(
 ) -> None:
     with g.FakeGroq([write(WRONG), write(RIGHT)]) as fake:
         stale = start_cli(tmp_path, fake, redis_url, "fenced-1")
-        wait_for_step(redis_client, "fenced-1", 2, "started")
+        wait_for_step(redis_client, "fenced-1", 3, "started")
         stale.send_signal(signal.SIGSTOP)  # frozen: its heartbeat stops, its lease lapses
         try:
             fresh = start_cli(tmp_path, fake, redis_url, "fenced-1")
@@ -131,7 +133,8 @@ def test_a_stale_lease_holder_is_fenced_off(
             (2, "done"),
             (3, "done"),
             (4, "done"),
+            (5, "done"),
         ]
-        assert steps[1].attempt == 2, "the new owner re-ran the step the frozen one had in flight"
+        assert steps[2].attempt == 2, "the new owner re-ran the step the frozen one had in flight"
         assert len(fake.requests) == 2
         assert meta["iterations"] == 2

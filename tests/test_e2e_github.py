@@ -390,7 +390,7 @@ def test_a_worker_killed_mid_run_resumes_from_the_journal(stack: Stack) -> None:
 
     first = worker()
     try:
-        wait(lambda: step_started(4), "the second sandbox run")
+        wait(lambda: step_started(5), "the third sandbox run (red at base, red, green)")
     finally:
         kill_tree(first.pid)  # the worker and its work-horse die mid-step
         first.wait()
@@ -411,6 +411,7 @@ def test_a_worker_killed_mid_run_resumes_from_the_journal(stack: Stack) -> None:
     assert len(stack.groq.requests) == 2, "finished model turns were replayed"
     _, steps = load_run(stack.redis, job_id) or ({}, [])
     assert [(s.kind, s.attempt) for s in steps] == [
+        ("sandbox", 1),
         ("model", 1),
         ("sandbox", 1),
         ("model", 1),

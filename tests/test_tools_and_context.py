@@ -8,11 +8,11 @@ from bot.agent.context import ContextPolicy, Task, Turn, build_messages, render_
 from bot.agent.loop import TOOLS
 from bot.agent.model import ModelReply, RawCall
 from bot.agent.targets import infer_target
-from bot.agent.tools import InvalidCall, ToolCall, apply_edit
+from bot.agent.tools import EditRules, InvalidCall, ToolCall, apply_edit
 from bot.sandbox.base import TestResult
 from bot.text import clip
 
-PROTECTED = frozenset({"test_roman.py"})
+RULES = EditRules(tests=frozenset({"test_roman.py"}))
 
 
 def reply_with(name: str, arguments: object) -> ModelReply:
@@ -55,7 +55,7 @@ def test_tests_are_read_only() -> None:
         call("write_file", path="/etc/passwd", content="x\n"),
         call("replace_in_file", path="test_roman.py", old="x", new="y"),
     ]:
-        outcome = apply_edit(files, attempt, protected=PROTECTED)
+        outcome = apply_edit(files, attempt, rules=RULES)
         assert not outcome.applied, attempt
         assert outcome.files == files
 
@@ -63,19 +63,19 @@ def test_tests_are_read_only() -> None:
 def test_replace_requires_exact_unique_snippet_and_valid_syntax() -> None:
     files = {"m.py": "a = 1\nb = 1\n"}
     twice = apply_edit(
-        files, call("replace_in_file", path="m.py", old="= 1", new="= 2"), protected=PROTECTED
+        files, call("replace_in_file", path="m.py", old="= 1", new="= 2"), rules=RULES
     )
     assert not twice.applied and "appears 2 times" in twice.message
     missing = apply_edit(
-        files, call("replace_in_file", path="m.py", old="zzz", new="y"), protected=PROTECTED
+        files, call("replace_in_file", path="m.py", old="zzz", new="y"), rules=RULES
     )
     assert not missing.applied and "does not appear" in missing.message
     broken = apply_edit(
-        files, call("replace_in_file", path="m.py", old="a = 1", new="a = ("), protected=PROTECTED
+        files, call("replace_in_file", path="m.py", old="a = 1", new="a = ("), rules=RULES
     )
     assert not broken.applied and "syntax error at line 1" in broken.message
     good = apply_edit(
-        files, call("replace_in_file", path="m.py", old="a = 1", new="a = 3"), protected=PROTECTED
+        files, call("replace_in_file", path="m.py", old="a = 1", new="a = 3"), rules=RULES
     )
     assert good.applied and good.files["m.py"] == "a = 3\nb = 1\n"
     assert files == {"m.py": "a = 1\nb = 1\n"}, "edits never mutate their input"
@@ -149,3 +149,19 @@ def test_one_registry_drives_schemas_prompt_and_invalid_reply_text() -> None:
         assert isinstance(invalid, InvalidCall) and name in invalid.message
     write = ToolCall("c", "write_file", {"path": "a.py", "content": "x = 1\ny = 2\n"})
     assert TOOLS.describe(write) == "write_file a.py (3 lines)"
+
+
+def test_edits_with_escape_hatches_or_forbidden_paths_are_refused_with_a_reason() -> None:
+    files = {"roman.py": "x = 1\n"}
+    forge = "import atexit, os\natexit.register(lambda: os._exit(0))\n"
+    refused = apply_edit(files, call("write_file", path="roman.py", content=forge), rules=RULES)
+    assert not refused.applied and refused.files == files
+    assert "atexit" in refused.message and "not applied" in refused.message
+    for path in ("pytest.ini", "pytest.py", "tdd_report_plugin.py", "sitecustomize.py"):
+        attempt = apply_edit(files, call("write_file", path=path, content="x = 1\n"), rules=RULES)
+        assert not attempt.applied, path
+    shadowing = EditRules(tests=frozenset(), shadowed=frozenset({"requests"}))
+    attempt = apply_edit(
+        files, call("write_file", path="requests.py", content="x = 1\n"), rules=shadowing
+    )
+    assert not attempt.applied and "requests" in attempt.message

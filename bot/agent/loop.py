@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from bot.agent.context import ContextPolicy, Task, Turn, build_request, render_test_output, shrunk
 from bot.agent.model import Message, ModelReply, ModelRequest
 from bot.agent.steps import Timed
-from bot.agent.tools import InvalidCall, Tool, Toolbox, ToolCall, apply_edit
+from bot.agent.tools import EditRules, InvalidCall, Tool, Toolbox, ToolCall, apply_edit
 from bot.journal import digest
 from bot.sandbox.base import TestResult, Workspace
 
@@ -28,6 +28,10 @@ class OutcomeKind(StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     GAVE_UP = "gave_up"
     ERROR = "error"
+    # Every test passed before the model was asked anything: there is nothing to write.
+    NOTHING_TO_DO = "nothing_to_do"
+    # The loop's run was green but the verification run could not confirm it.
+    UNTRUSTED = "untrusted"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class Outcome:
     iterations: tuple[Iteration, ...]
     tokens: int
     elapsed: float
+    base: TestResult | None = None  # the tests at the base commit, before any model turn
 
     @property
     def passed(self) -> bool:
@@ -118,6 +123,7 @@ class _State:
     invalid_streak: int = 0
     last: tuple[str, TestResult] | None = None  # (files digest, result)
     best: tuple[tuple[int, int], dict[str, str], TestResult] | None = None
+    base: TestResult | None = None
 
 
 def score(result: TestResult) -> tuple[int, int]:
@@ -159,6 +165,7 @@ class _Runner:
         max_tokens: int,
         reporter: Reporter,
         initial_files: dict[str, str] | None,
+        rules: EditRules | None = None,
     ) -> None:
         self.task = task
         self.steps = steps
@@ -167,7 +174,7 @@ class _Runner:
         self.model = model
         self.max_tokens = max_tokens
         self.reporter = reporter
-        self.protected = frozenset(task.tests)
+        self.rules = rules or EditRules(tests=frozenset(task.tests))
         self.state = _State(files=dict(initial_files or {}))
         self._mark = (0, 0, 0.0)
         self._replayed = False
@@ -215,10 +222,27 @@ class _Runner:
             files, result = s.files, last
         else:
             _, files, result = s.best
-        return Outcome(kind, reason, files, result, last, tuple(s.iterations), s.tokens, s.elapsed)
+        return Outcome(
+            kind, reason, files, result, last, tuple(s.iterations), s.tokens, s.elapsed, s.base
+        )
+
+    def red_run(self) -> Outcome | None:
+        """The tests at the base commit, before any model turn: the red of red → green."""
+        base = self.state.base = self.run_tests()
+        if base.ok:
+            return self.outcome(
+                OutcomeKind.NOTHING_TO_DO, "every test already passes at the base commit"
+            )
+        # The model starts from what the tests say today, like a developer would.
+        observed = self._tested(base, "The tests at the start, before any change:")
+        self.state.turns.append(Turn(None, observed, f"at the start: {base.summary()}", None))
+        return None
 
     def loop(self) -> Outcome:
         s = self.state
+        ended = self.red_run()
+        if ended is not None:
+            return ended
         while True:
             limit = self.budget.exceeded(
                 iterations=len(s.iterations), tokens=s.tokens, elapsed=s.elapsed
@@ -285,7 +309,7 @@ class _Runner:
 
     def edit(self, call: ToolCall, assistant: Message, action: str) -> Outcome | None:
         s = self.state
-        edit = apply_edit(s.files, call, protected=self.protected)
+        edit = apply_edit(s.files, call, rules=self.rules)
         if not edit.applied:
             self._observe(assistant, edit.message, f"{action}: refused", call.id)
             self._record(action, edit.message)
@@ -402,6 +426,7 @@ def solve(
     max_tokens: int = 4096,
     reporter: Reporter | None = None,
     initial_files: dict[str, str] | None = None,
+    rules: EditRules | None = None,
 ) -> Outcome:
     """Run the loop until the tests pass, the model gives up, or the budget runs out."""
     runner = _Runner(
@@ -413,5 +438,6 @@ def solve(
         max_tokens=max_tokens,
         reporter=reporter or NullReporter(),
         initial_files=initial_files,
+        rules=rules,
     )
     return runner.loop()

@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 from typing import Any, Generic, TypeVar
 
 from bot.agent.model import ModelReply
-from bot.paths import is_relative_path
+from bot.policy import escape_hatches, write_refusal
 
 MAX_FILE_CHARS = 200_000
 
@@ -120,19 +120,30 @@ class Toolbox(Generic[H]):
         return ToolCall(id=call_id, name=tool.name, arguments=args)
 
 
-def check_path(path: str, *, protected: frozenset[str]) -> str | None:
-    """Why the model may not write `path`, or None when it may."""
-    if not is_relative_path(path):
-        return f"{path!r} is not a relative path inside the workspace."
-    p = PurePosixPath(path)
-    if str(p) in protected:
-        return (
-            f"{path} is a test file and is read-only: the tests are correct and must not be "
-            "changed. Change the code under test instead."
+@dataclass(frozen=True)
+class EditRules:
+    """What the model may write: never the tests, configuration or shadowing modules
+    (bot.policy.write_refusal), never process-level escape hatches (escape_hatches)."""
+
+    tests: frozenset[str]
+    shadowed: frozenset[str] = frozenset()  # import names installed in the test environment
+    allowed_apis: frozenset[str] = frozenset()  # escape hatches the repository allows
+    writable: tuple[str, ...] = ()
+    protected: tuple[str, ...] = (".github/**",)
+
+    def refusal(self, path: str) -> str | None:
+        return write_refusal(
+            path,
+            tests=self.tests,
+            shadowed=self.shadowed,
+            writable=self.writable,
+            protected=self.protected,
         )
-    if p.name == "conftest.py" or p.name.startswith("test_") or p.name.endswith("_test.py"):
-        return f"{path} would be collected as a test file; only the tests given may exist."
-    return None
+
+    def hatches(self, path: str, content: str) -> list[str]:
+        if not path.endswith(".py"):
+            return []
+        return escape_hatches(content, path=path, allowed=self.allowed_apis)
 
 
 def _syntax_error(path: str, content: str) -> str | None:
@@ -154,10 +165,10 @@ class EditOutcome:
     applied: bool
 
 
-def apply_edit(files: dict[str, str], call: ToolCall, *, protected: frozenset[str]) -> EditOutcome:
+def apply_edit(files: dict[str, str], call: ToolCall, *, rules: EditRules) -> EditOutcome:
     """Apply a write_file or replace_in_file call to the candidate files, or refuse it."""
     path = str(PurePosixPath(call.arguments["path"]))
-    refused = check_path(path, protected=protected)
+    refused = rules.refusal(path)
     if refused:
         return EditOutcome(files, refused, False)
     if call.name == "write_file":
@@ -181,6 +192,14 @@ def apply_edit(files: dict[str, str], call: ToolCall, *, protected: frozenset[st
     broken = _syntax_error(path, content)
     if broken:
         return EditOutcome(files, broken, False)
+    hatches = rules.hatches(path, content)
+    if hatches:
+        return EditOutcome(
+            files,
+            "The edit was not applied: the code under test may not reach outside the test "
+            "run.\n" + "\n".join(f"- {h}" for h in hatches),
+            False,
+        )
     if files.get(path) == content:
         return EditOutcome(files, f"{path} is unchanged.", False)
     updated = {**files, path: content}

@@ -14,7 +14,7 @@ from typing import Protocol, cast
 
 from githubkit.exception import GitHubException
 
-from bot.agent.loop import Budget, Iteration, Outcome, Reporter
+from bot.agent.loop import Budget, Iteration, Outcome, OutcomeKind, Reporter
 from bot.errors import GitHubError, IssueError, NoTests
 from bot.github.api import Conclusion, RepoApi, message_of
 from bot.github.webhooks import Repo, RetryRun, StartRun
@@ -52,6 +52,8 @@ class JobStatus(StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     GAVE_UP = "gave_up"
     ERROR = "error"
+    NOTHING_TO_DO = "nothing_to_do"
+    UNTRUSTED = "untrusted"
 
 
 class RunExecutor(Protocol):
@@ -211,6 +213,9 @@ def _solve_and_publish(
         progress.show("error", detail=str(exc)[:300])
         raise
     progress.iterations = list(outcome.iterations)
+    if outcome.kind is OutcomeKind.NOTHING_TO_DO:
+        progress.show(outcome.kind.value)
+        return JobStatus.NOTHING_TO_DO
     try:
         published = publish(
             api,

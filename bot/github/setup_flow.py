@@ -80,7 +80,8 @@ def load_manifest(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
-            f"cannot read the app manifest {path}: {exc}; reinstall tdd-agent (app.yml ships in bot/github/)"
+            f"cannot read the app manifest {path}: {exc}; "
+            "reinstall tdd-agent (app.yml ships in bot/github/)"
         ) from exc
     try:
         data = yaml.safe_load(text)
