@@ -21,7 +21,7 @@ from rich.table import Table
 
 from bot import wiring
 from bot.agent.context import Task
-from bot.agent.loop import Outcome
+from bot.agent.loop import Outcome, OutcomeKind
 from bot.config import Settings, load_settings, process_environ
 from bot.errors import (
     ConfigError,
@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         "solve",
         help="solve a task: iterate model → code → pytest until green",
         description="Iterate model → code → pytest until the tests pass or the budget runs out.",
-        epilog="exit status: 0 tests pass (code written to --out); 1 no passing code (the best "
-        "candidate is written); 2 usage or configuration error",
+        epilog="exit status: 0 tests pass (code written to --out), or they already passed "
+        "before any change (nothing_to_do); 1 no passing code (the best candidate is written); "
+        "2 usage or configuration error",
     )
     src = solve.add_argument_group("what to solve")
     src.add_argument("--task", metavar="TEXT", help="the task, as text")
@@ -276,6 +277,9 @@ def cmd_solve(args: argparse.Namespace, environ: dict[str, str], err: Console) -
             f"[passed] {len(outcome.iterations)} iterations, {outcome.tokens:,} tokens, "
             f"{outcome.elapsed:.1f}s. Wrote {where}."
         )
+        return EXIT_OK
+    if outcome.kind is OutcomeKind.NOTHING_TO_DO:
+        reporter.info(f"[nothing_to_do] {outcome.reason}: no model call was made.")
         return EXIT_OK
     reporter.info(f"[{outcome.kind.value}] {outcome.reason}")
     if outcome.last_result is not None:

@@ -3,9 +3,10 @@
 The issue format a maintainer writes:
 
 - prose describing the change (it becomes the task text);
-- pytest tests in fenced ```python / ```py blocks, named `test_issue.py`, `test_issue_2.py`, …
-  unless the fence says otherwise (```python title="tests/test_roman.py"``` or a first line
-  `# tests/test_roman.py`); a block named `conftest.py` is kept as test support;
+- pytest tests in fenced ```python / ```py blocks, committed with the code as
+  `tests/test_<target>.py` (then `_2`, …) unless the fence names the file
+  (```python title="tests/test_roman.py"``` or a first line `# tests/test_roman.py`); a block
+  named `conftest.py` is kept as test support;
 - and/or a line `Tests: tests/test_a.py, tests/test_b.py` (also `Test file:`) naming test
   files already on the default branch;
 - optionally a line `Target: roman.py` naming the module to write; without it, the target is
@@ -53,6 +54,9 @@ class IssueSpec:
     inline_tests: dict[str, str] = field(default_factory=dict)
     test_paths: tuple[str, ...] = ()
     target: str | None = None
+    # Inline tests the issue did not name: they go to tests/test_<target>.py once the
+    # target is known.
+    unnamed_tests: tuple[str, ...] = ()
 
     @property
     def has_tests(self) -> bool:
@@ -247,7 +251,8 @@ def parse_issue(title: str, body: str | None) -> IssueSpec:
             out.append("")
             continue
         out.extend(block.raw)
-    names = _name_blocks([name for _, name, _ in blocks], test_paths)
+    given = [name for _, name, _ in blocks]
+    names = _name_blocks(given, test_paths)
     inline: dict[str, str] = {}
     for (index, _, code), name in zip(blocks, names, strict=True):
         inline[name] = code
@@ -262,6 +267,7 @@ def parse_issue(title: str, body: str | None) -> IssueSpec:
         inline_tests=inline,
         test_paths=tuple(test_paths),
         target=target,
+        unnamed_tests=tuple(n for n, g in zip(names, given, strict=True) if g is None),
     )
 
 
@@ -373,11 +379,26 @@ def build_task(spec: IssueSpec, repo_files: dict[str, str], *, guidance: str | N
                 "to the issue."
             )
         target = inferred
-    context = {p: t for p, t in repo_files.items() if p not in tests and not _is_test_file(p)}
     text = spec.text
+    for old in spec.unnamed_tests:
+        stem = PurePosixPath(target).stem
+        if stem == "__init__":
+            stem = PurePosixPath(target).parent.name or "package"
+        new = _unique_name(f"tests/test_{stem}.py", set(tests) | set(repo_files))
+        tests = {(new if p == old else p): src for p, src in tests.items()}
+        text = text.replace(f"(Tests: `{old}`, shown below.)", f"(Tests: `{new}`, shown below.)")
+    context = {p: t for p, t in repo_files.items() if p not in tests and not _is_test_file(p)}
     if guidance and guidance.strip():
         text = f"{text}\n\n{GUIDANCE_HEADING}\n\n{guidance.strip()}"
-    return Task(text=text, tests=tests, target=target, context_files=context, title=spec.title)
+    return Task(
+        text=text,
+        tests=tests,
+        target=target,
+        context_files=context,
+        title=spec.title,
+        # The issue's own tests are committed with the code; the repository's stay as they are.
+        new_tests=tuple(sorted(p for p in tests if p not in repo_files)),
+    )
 
 
 def no_tests_message(trigger_label: str) -> str:

@@ -156,3 +156,18 @@ def test_unreachable_redis_is_a_clear_error_without_the_password(capsys) -> None
     err = capsys.readouterr().err
     assert code == 2
     assert "cannot reach Redis" in err and "hunter2" not in err and ":***@" in err
+
+
+def test_tests_that_already_pass_end_as_nothing_to_do_without_a_model_call(
+    tmp_path, fake, redis_url, capsys
+) -> None:
+    payload = json.dumps({"task": "Nothing to build.", "tests": "def test_x():\n    assert 1\n"})
+    code = main(
+        ["solve", "--input", payload, "--target", "m.py", "--json", "--out", str(tmp_path)],
+        environ=env(fake, redis_url, tmp_path),
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out)["outcome"] == "nothing_to_do"
+    assert "[nothing_to_do] every test already passes at the base commit" in captured.err
+    assert fake.requests == []

@@ -181,6 +181,8 @@ def test_labeled_issue_becomes_a_pull_request_with_every_iteration(stack: Stack)
     files = gh.files_at(REPO, branch)
     assert files["calc.py"] == GOOD
     assert files["billing.py"] == "RATE = 3\n", "the commit builds on the default branch"
+    # The issue's tests are committed with the code, where the repository keeps tests.
+    assert "def test_" in files["tests/test_calc.py"]
     head = gh.ref_sha(REPO, branch)
     base = gh.ref_sha(REPO, "main")
     assert gh.commit(REPO, head)["parents"][0]["sha"] == base, "exactly one commit on top"

@@ -81,10 +81,12 @@ def test_build_task_from_inline_tests() -> None:
     spec = parse_issue("Add a Roman numeral converter", ROMAN_ISSUE)
     task = build_task(spec, REPO)
 
-    assert task.tests == {"test_issue.py": spec.inline_tests["test_issue.py"]}
+    # An unnamed block goes where the repository keeps tests, named after the target.
+    assert task.tests == {"tests/test_roman.py": spec.inline_tests["test_issue.py"]}
+    assert task.new_tests == ("tests/test_roman.py",)
     assert task.target == "roman.py"
     assert task.title == "Add a Roman numeral converter"
-    assert task.text == spec.text
+    assert task.text == spec.text.replace("`test_issue.py`", "`tests/test_roman.py`")
     # Other test files of the repository would be collected by the sandbox's pytest run,
     # so only the issue's tests are in the workspace; conftest.py files stay.
     assert task.context_files == {
@@ -240,7 +242,7 @@ def test_named_conftest_block_is_kept_as_test_support() -> None:
         "    assert total(numbers) == 6\n```\n"
     )
     task = build_task(parse_issue("total", body), {})
-    assert set(task.tests) == {"conftest.py", "test_issue.py"}
+    assert set(task.tests) == {"conftest.py", "tests/test_stats.py"}
     assert task.target == "stats.py"
 
 
@@ -386,10 +388,9 @@ def test_existing_package_module_is_targeted_at_its_init() -> None:
 def test_guidance_is_appended_under_a_heading() -> None:
     spec = parse_issue("Add a Roman numeral converter", ROMAN_ISSUE)
     task = build_task(spec, {}, guidance="  Use a table of (value, symbol) pairs.\n")
-    assert task.text == (
-        f"{spec.text}\n\n{GUIDANCE_HEADING}\n\nUse a table of (value, symbol) pairs."
-    )
-    assert build_task(spec, {}, guidance="   ").text == spec.text
+    text = spec.text.replace("`test_issue.py`", "`tests/test_roman.py`")
+    assert task.text == f"{text}\n\n{GUIDANCE_HEADING}\n\nUse a table of (value, symbol) pairs."
+    assert build_task(spec, {}, guidance="   ").text == text
 
 
 def test_no_tests_message_example_is_itself_a_valid_issue() -> None:
@@ -402,8 +403,8 @@ def test_no_tests_message_example_is_itself_a_valid_issue() -> None:
     assert example is not None
     spec = parse_issue("Roman numerals", example.group(1))
     task = build_task(spec, {})
-    assert list(task.tests) == ["test_issue.py"]
-    assert "def test_large_number" in task.tests["test_issue.py"]
+    assert list(task.tests) == ["tests/test_roman.py"]
+    assert "def test_large_number" in task.tests["tests/test_roman.py"]
     assert task.target == "roman.py"
 
 
@@ -428,5 +429,7 @@ def test_default_names_avoid_named_test_paths() -> None:
     task = build_task(spec, repo)
     assert task.tests == {
         "test_issue.py": repo["test_issue.py"],
-        "test_issue_2.py": spec.inline_tests["test_issue_2.py"],
+        "tests/test_calc.py": spec.inline_tests["test_issue_2.py"],
     }
+    # Only the issue's own tests are committed; the repository's stay untouched.
+    assert task.new_tests == ("tests/test_calc.py",)

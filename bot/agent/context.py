@@ -29,6 +29,7 @@ class Task:
     # Files of the repository the tests may import (GitHub runs); read-only context.
     context_files: dict[str, str] | None = None
     title: str = ""
+    new_tests: tuple[str, ...] = ()  # tests that come with the task, committed with the code
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +38,7 @@ class Task:
             "target": self.target,
             "context_files": sorted(self.context_files or {}),
             "title": self.title,
+            "new_tests": list(self.new_tests),
         }
 
 

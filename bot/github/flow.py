@@ -134,15 +134,17 @@ def publish(
     base_branch: str,
     base_sha: str,
     branch: str,
+    tests: dict[str, str],
 ) -> Published | None:
-    """One commit with every file on `branch`, the PR, and the check run with full logs."""
+    """One commit with the code and the issue's own `tests` on `branch`, the PR, and the
+    check run with full logs."""
     if not outcome.files:
         return None
     verdict = "passes its tests" if outcome.passed else "best candidate, tests do not pass"
     sha = api.commit_files(
         branch=branch,
         base_sha=base_sha,
-        files=outcome.files,
+        files={**outcome.files, **tests},
         message=f"tdd-agent: {title} (#{issue_number})\n\n{verdict}; run {run_id}",
     )
     body = render_pr_body(
@@ -227,6 +229,7 @@ def _solve_and_publish(
             base_branch=base_branch,
             base_sha=base_sha,
             branch=branch_for(issue_number),
+            tests={p: task.tests[p] for p in task.new_tests},
         )
     except GitHubException as exc:
         # The run itself is safe in the journal: a retry replays it and publishes again.
