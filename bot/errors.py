@@ -7,7 +7,10 @@ TddAgentError
 │   ├── NoTests            the issue has no tests at all
 │   └── NoTarget           nothing says which module to write
 ├── WebhookRejected        a delivery the intake refuses (carries the HTTP status)
-│   └── BodyTooLarge       over GitHub's 25 MB cap
+│   ├── BodyTooLarge       over GitHub's 25 MB cap
+│   ├── BodyTimeout        the body did not arrive within the deadline (408)
+│   ├── IntakeBusy         too many bodies still arriving (503, Retry-After)
+│   └── MalformedPayload   a trigger whose routed fields have the wrong shape (400)
 ├── SandboxUnavailable     the sandbox backend cannot run on this machine
 ├── SandboxError           a backend failed while running (not the code under test)
 │   ├── StreamLost         an E2B command's stream ended without its end event
@@ -60,6 +63,30 @@ class BodyTooLarge(WebhookRejected):
 
     def __init__(self) -> None:
         super().__init__(413, "payload larger than GitHub's 25 MB limit")
+
+
+class BodyTimeout(WebhookRejected):
+    """The body did not arrive within the intake's deadline: a stalled or hostile client."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"request body not received within {seconds:g} s")
+
+
+class IntakeBusy(WebhookRejected):
+    """Too many request bodies are still arriving; `retry_after` is in seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(503, "too many request bodies still arriving; retry later")
+        self.retry_after = retry_after
+
+
+class MalformedPayload(WebhookRejected):
+    """A signed delivery that would become a job has a field of the wrong shape; `field` is
+    its dotted path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(400, message)
+        self.field = field
 
 
 class SandboxUnavailable(TddAgentError):

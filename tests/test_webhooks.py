@@ -14,12 +14,14 @@ from fastapi.testclient import TestClient
 from rq import Queue
 
 from bot.config import load_settings
+from bot.errors import MalformedPayload
 from bot.github.webhooks import (
     Ignore,
     Repo,
     RetryRun,
     StartRun,
     action_from_json,
+    json_too_deep,
     retry_guidance,
     route,
     sign,
@@ -227,3 +229,103 @@ def test_routing_is_pure() -> None:
     closed["issue"]["state"] = "closed"
     assert isinstance(route("issues", closed, trigger_label="agent:tdd"), Ignore)
     assert isinstance(route("issue_comment", retry_comment(), trigger_label="agent:tdd"), RetryRun)
+
+
+MISSING = object()
+
+
+def with_field(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of `data` with the dotted `path` set to `value` (or deleted, for MISSING)."""
+    data = copy.deepcopy(data)
+    *parents, last = path.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    if value is MISSING:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("event", "make", "path", "value", "reason"),
+    [
+        ("issues", labeled, "issue.number", True, "issue.number must be an integer, got true"),
+        ("issues", labeled, "installation.id", "x", 'installation.id must be an integer, got "x"'),
+        ("issues", labeled, "installation.id", 0, "installation.id must be positive, got 0"),
+        ("issues", labeled, "sender", None, "sender must be an object, got null"),
+        ("issues", labeled, "repository.owner", MISSING, "repository.owner is missing"),
+        ("issues", labeled, "repository.name", "../x", "repository.name has characters"),
+        ("issues", labeled, "label", "agent:tdd", 'label must be an object, got "agent:tdd"'),
+        (
+            "issue_comment",
+            retry_comment,
+            "comment.id",
+            "492700400",
+            'comment.id must be an integer, got "492700400"',
+        ),
+        ("issue_comment", retry_comment, "comment", None, "comment must be an object, got null"),
+        ("issue_comment", retry_comment, "issue.number", 1.0, "issue.number must be an integer"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_a_trigger_with_a_broken_field_is_a_400_naming_it(
+    client, queue, event, make, path, value, reason
+) -> None:
+    response = post(client, event, with_field(make(), path, value))
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(reason)
+    assert "\n" not in response.json()["error"]
+    assert queue.job_ids == []
+
+
+def test_route_names_the_broken_field() -> None:
+    with pytest.raises(MalformedPayload) as caught:
+        route("issues", with_field(labeled(), "issue.number", True), trigger_label="agent:tdd")
+    assert caught.value.field == "issue.number" and caught.value.status == 400
+
+
+def test_deep_nesting_is_refused_before_parsing(client, queue) -> None:
+    nested = b"[" * 10_000 + b"]" * 10_000
+    body = json.dumps(with_field(labeled(), "issue.body", "DEEP")).encode()
+    body = body.replace(b'"DEEP"', nested)
+    response = post(client, "issues", body)
+    assert response.status_code == 400
+    assert response.json()["error"] == "body nests deeper than 64 levels"
+    assert queue.job_ids == []
+    # 64 levels is GitHub-sized with room to spare, and still accepted.
+    ok = json.dumps(with_field(labeled(), "issue.body", "DEEP")).encode()
+    ok = ok.replace(b'"DEEP"', b"[" * 62 + b"]" * 62)  # payload, issue, then 62 arrays
+    assert post(client, "issues", ok).status_code == 202
+
+
+def test_json_depth_scan() -> None:
+    assert not json_too_deep(b"[" * 64 + b"]" * 64)
+    assert json_too_deep(b"[" * 65 + b"]" * 65)
+    assert json_too_deep(b'{"a": ' * 65 + b"1" + b"}" * 65)
+    # Brackets inside strings are text, including after escaped quotes and backslashes.
+    text = json.dumps({"s": '[[[[ \\" {{{{ \\', "t": "]]]] " + '"' * 3 + "[" * 70}).encode()
+    assert not json_too_deep(text, limit=1)
+    assert json_too_deep(text, limit=0)
+
+
+def test_broken_fields_outside_a_trigger_are_still_just_ignored(client, queue) -> None:
+    opened = with_field(payload("issues__opened"), "sender", None)
+    assert "issues.opened" in post(client, "issues", opened).json()["ignored"]
+    other_label = with_field(labeled("bug"), "issue.number", "one")
+    assert "'bug' is not" in post(client, "issues", other_label).json()["ignored"]
+    chatter = with_field(retry_comment("thanks!"), "repository", None)
+    assert "not /retry" in post(client, "issue_comment", chatter).json()["ignored"]
+    weird_action = with_field(labeled(), "action", {"labeled": True})
+    response = post(client, "issues", weird_action)
+    assert response.status_code == 202 and "not a trigger" in response.json()["ignored"]
+    assert queue.job_ids == []
+
+
+def test_numbers_past_pythons_digit_limit_are_a_400(client, queue) -> None:
+    body = json.dumps(with_field(labeled(), "issue.number", 0)).encode()
+    body = body.replace(b'"number": 0', b'"number": ' + b"9" * 5000)
+    response = post(client, "issues", body)
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
+    assert queue.job_ids == []
