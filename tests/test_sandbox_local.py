@@ -580,13 +580,18 @@ def test_fake_report_cannot_turn_a_failure_green(sandbox_for, tmp_path):
     box = sandbox_for()
 
     def conftest(body: str) -> str:
-        return "import atexit, json, os\n\n" + textwrap.dedent(body)
+        # The path is in no environment variable any more: only introspection finds it
+        # (test_sandbox_hardening.py checks that); the exit code still has the last word.
+        return (
+            "import atexit, json, os, sys\n\n"
+            "REPORT = sys.modules['tdd_report_plugin']._report_path\n" + textwrap.dedent(body)
+        )
 
     # 1. Overwrite the report after pytest wrote it, claiming exit 0: discarded.
     forged = conftest(
         f"""
         def forge():
-            with open(os.environ["TDD_REPORT_PATH"], "w") as fh:
+            with open(REPORT, "w") as fh:
                 json.dump({{**{green!r}, "exitstatus": 0}}, fh)
         atexit.register(forge)
         """
@@ -599,7 +604,7 @@ def test_fake_report_cannot_turn_a_failure_green(sandbox_for, tmp_path):
     forged = conftest(
         f"""
         def forge():
-            with open(os.environ["TDD_REPORT_PATH"], "w") as fh:
+            with open(REPORT, "w") as fh:
                 json.dump({{**{green!r}, "exitstatus": 1}}, fh)
         atexit.register(forge)
         """
@@ -611,8 +616,11 @@ def test_fake_report_cannot_turn_a_failure_green(sandbox_for, tmp_path):
     forged = conftest(
         f"""
         def forge():
-            os.unlink(os.environ["TDD_REPORT_PATH"])
-            os.symlink({str(host_green)!r}, os.environ["TDD_REPORT_PATH"])
+            try:
+                os.unlink(REPORT)
+                os.symlink({str(host_green)!r}, REPORT)
+            except OSError:
+                pass  # as root the report dir is read-only to the run
             os._exit(0)
         atexit.register(forge)
         """

@@ -241,7 +241,9 @@ def test_runs_do_not_leak_into_each_other(warm):
             assert libc.shmget(0x7DD, 1 << 20, 0o1600) >= 0  # IPC_CREAT | 0600
             assert libc.semget(0x7DD, 1, 0o1600) >= 0
             assert libc.msgget(0x7DD, 0o1600) >= 0
-            os.chmod(".", 0o500)
+            # /workspace is a tmpfs that belongs to root (as root): a locked dir in it.
+            os.makedirs("locked/deeper")
+            os.chmod("locked", 0)
         """
     )
     assert warm.run_tests({"test_leave.py": leaver}).ok

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from bot.sandbox.pytest_run import PytestConfig
 
 # A workspace is the candidate files plus the test files, as relative path -> text.
 Workspace = dict[str, str]
+
+# One test's outcome in pytest's own words (a setup/teardown failure is an "error").
+Outcome = Literal["passed", "failed", "error", "skipped"]
+OUTCOMES: tuple[str, ...] = ("passed", "failed", "error", "skipped")
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,14 @@ class TestResult:
     # Set when the backend itself broke (not the code under test): the run proves nothing.
     sandbox_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Proof for the PR, from the report plugin: each test's outcome by pytest node id (a
+    # file's node id for a collection error), how many tests pytest collected (None: no
+    # report said), and the interpreter and pytest versions that ran them.
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    collected: int | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    # The exact pytest command line (shell-quoted), as run inside the sandbox.
+    command: str = ""
 
     @property
     def ok(self) -> bool:
@@ -63,7 +78,10 @@ class TestResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TestResult:
-        data = dict(data)
+        """Inverse of to_dict; journals written before a field existed load with its default,
+        and keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        data = {key: value for key, value in data.items() if key in known}
         data["failing"] = tuple(data.get("failing", ()))
         return cls(**data)
 
@@ -71,8 +89,15 @@ class TestResult:
 class Sandbox(Protocol):
     """A place to run untrusted code and its tests."""
 
-    def run_tests(self, workspace: Workspace) -> TestResult:
-        """Run pytest over `workspace` (relative path -> text) in a fresh directory."""
+    def run_tests(
+        self, workspace: Workspace, *, pytest_config: PytestConfig | str | None = None
+    ) -> TestResult:
+        """Run pytest over `workspace` (relative path -> text) in a fresh directory.
+
+        `pytest_config` is the configuration pytest runs with (e.g. the repository's own at
+        the base commit; a str is read as a pytest.ini); None keeps the sandbox's default.
+        Configuration files in the workspace are never read.
+        """
         ...
 
     def close(self) -> None:

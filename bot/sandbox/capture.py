@@ -10,11 +10,13 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from bot.sandbox.base import TestResult
 from bot.sandbox.jail import KiB, MiB
+from bot.sandbox.memory import MEMORY_POLL_SECONDS
 from bot.sandbox.pytest_run import (
     result_from_report,
 )
@@ -71,7 +73,8 @@ def read_report(path: Path, *, owner: int | None) -> str | None:
             return None
         if owner is not None and st.st_uid != owner:
             return None
-        return fh.read(REPORT_MAX_BYTES).decode("utf-8", "replace")
+        # Empty: the file we made for the report, never written (pytest did not finish).
+        return fh.read(REPORT_MAX_BYTES).decode("utf-8", "replace") or None
 
 
 def build_result(
@@ -83,6 +86,7 @@ def build_result(
     timed_out: bool,
     cap: int,
     extra: dict[str, object] | None = None,
+    command: str = "",
 ) -> TestResult:
     """TestResult from a finished run; the report counts only if pytest's exit code agrees.
 
@@ -109,6 +113,7 @@ def build_result(
         duration=duration,
         timed_out=timed_out,
         output_cap=max(cap, len(output)),
+        command=command,
     )
     if capture.dropped:
         notes["output_bytes"] = capture.total
@@ -125,31 +130,52 @@ def kill_group(pid: int) -> None:
 
 
 def pump_output(
-    proc: subprocess.Popen[bytes], capture: HeadTail, deadline: float
+    proc: subprocess.Popen[bytes],
+    capture: HeadTail,
+    deadline: float,
+    over_limit: Callable[[], bool] | None = None,
 ) -> tuple[int, bool]:
     """Read the process's output until it exits or the deadline passes; (exit, timed_out).
 
     Reading continuously keeps a chatty test from blocking on a full pipe; `capture` keeps
     memory bounded. On timeout the whole process group is SIGKILLed; bwrap's
     --die-with-parent and pid namespace take every process inside down with it.
+    `over_limit` is asked every MEMORY_POLL_SECONDS; when it says so, the run is killed the
+    same way (it is not a timeout: the caller knows why).
     """
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
-    timed_out = False
+    timed_out = killed = False
+    next_poll = time.monotonic()
+
+    def wait_for() -> float:
+        """Seconds to wait until the deadline or the next poll (polling when it is due)."""
+        nonlocal next_poll, killed
+        now = time.monotonic()
+        if over_limit is not None and now >= next_poll:
+            if over_limit():
+                killed = True
+                return 0.0
+            next_poll = now + MEMORY_POLL_SECONDS
+        wait = deadline - now
+        return min(wait, next_poll - now) if over_limit is not None else wait
+
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                kill_group(proc.pid)
+            wait = wait_for()
+            if killed:
                 break
-            if sel.select(remaining):
+            if wait <= 0:
+                timed_out = True
+                break
+            if sel.select(wait):
                 data = os.read(fd, 256 * KiB)
                 if not data:
                     break
                 capture.feed(data)
-        if timed_out:
+        if timed_out or killed:
+            kill_group(proc.pid)
             # Drain what is left so nothing blocks, bounded in case a writer survived.
             grace_end = time.monotonic() + KILL_GRACE
             while (left := grace_end - time.monotonic()) > 0 and sel.select(left):
@@ -157,18 +183,25 @@ def pump_output(
                 if not data:
                     break
                 capture.feed(data)
-    if not timed_out:
-        try:
-            # The pipe can close early (the test closed fds 1 and 2): keep the deadline.
-            return proc.wait(timeout=max(0.0, deadline - time.monotonic())), False
-        except subprocess.TimeoutExpired:
+    # The pipe can close early (the test closed fds 1 and 2): keep the deadline and the
+    # memory limit while waiting for the exit.
+    while not (timed_out or killed):
+        wait = wait_for()
+        if killed:
+            break
+        if wait <= 0:
             timed_out = True
+            break
+        try:
+            return proc.wait(timeout=wait), False
+        except subprocess.TimeoutExpired:
+            continue
     kill_group(proc.pid)
     try:
-        return proc.wait(timeout=KILL_GRACE), True
+        return proc.wait(timeout=KILL_GRACE), timed_out
     except subprocess.TimeoutExpired:
         proc.kill()  # bwrap itself, should its group have changed
-        return proc.wait(), True
+        return proc.wait(), timed_out
 
 
 def parse_status(data: bytes) -> list[dict[str, object]]:

@@ -5,6 +5,15 @@ it and a restarted worker can reattach with `E2BSandbox(sandbox_id=...)`. Each r
 into a fresh directory, under `timeout -s KILL` because the SDK's own timeout only stops
 streaming while the process keeps running in the sandbox.
 
+Runs use the shared pytest command line (pytest_run.py) with paths relative to the run
+directory: `-c .tdd/<config> --rootdir . --confcutdir .`. The sandbox is reused by every
+run and all of it belongs to the user the code runs as, so what the local runner gets from
+read-only mounts comes here from per-run names: each run has its own config file, its
+report under a random name in `.tdd/out` (which the plugin makes unlistable; the code
+could chmod it back, being its owner), and HOME in its own `.tdd`, so neither the login
+shell E2B runs commands with (`bash -l` reads ~/.profile) nor Python's user site dir picks
+up files an earlier run wrote to the home directory.
+
 With `warm=True`, runs go to a warm pytest server (`warm_server.py`) started once per
 sandbox in the background: the workspace is uploaded as usual, one JSON line on the
 server's stdin asks for the run, and one line on its stdout answers. A server that died,
@@ -23,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import httpx
@@ -55,7 +64,11 @@ from bot.sandbox.pytest_run import (
     PLUGIN_MODULE,
     PLUGIN_SOURCE,
     REPORT_ENV,
+    PytestConfig,
+    as_config,
+    command_line,
     pytest_args,
+    pytest_options,
     result_from_report,
 )
 from bot.sandbox.warm_server import SERVER_MODULE, server_source, workspace_module_names
@@ -70,12 +83,29 @@ T = TypeVar("T")
 _TIMEOUT_EXIT_CODES = (124, 137)
 # The client-side stream deadline only backs up `timeout -s KILL`; it must never fire first.
 _STREAM_GRACE = 15.0
-_SUPPORT_DIR = ".tdd"  # per-run plugin and report; pytest does not recurse into dot-dirs
+_SUPPORT_DIR = ".tdd"  # per-run plugin, config, report; pytest does not recurse into dot-dirs
 _WARM_SOURCE = server_source(contained=False)
 # Starting the server is one Python start plus an empty pytest session: seconds, not minutes.
 _SERVER_START_TIMEOUT = 60.0
 # After this many server failures in a row, stop trying: every run would pay for them.
 _WARM_MAX_FAILURES = 3
+# What killing a sandbox may raise; a named tuple, as mypy cannot check `(*a, b)` in except.
+_KILL_ERRORS: tuple[type[BaseException], ...] = (*SDK_ERRORS, AuthenticationException)
+
+
+@dataclass(frozen=True)
+class _RunFiles:
+    """Where one run's files went in the sandbox (paths relative to `run_dir`)."""
+
+    run_dir: str
+    config: str  # e.g. .tdd/pytest.ini
+    report: str  # .tdd/out/<random>.json
+
+    def command(self, python: str) -> list[str]:
+        return pytest_args(python, config_file=self.config, rootdir=".")
+
+    def options(self) -> list[str]:
+        return pytest_options(config_file=self.config, rootdir=".")
 
 
 class E2BSandbox:
@@ -105,11 +135,14 @@ class E2BSandbox:
         api_url: str | None = None,
         sandbox_url: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        pytest_config: PytestConfig | str | None = None,
     ) -> None:
         """`sandbox_timeout` is the sandbox's lifetime in seconds (keep it within the run's
         wall budget); `test_timeout` bounds one pytest run. `api_url`/`sandbox_url` and
         `debug` point the SDK elsewhere than E2B's cloud (tests, self-hosting). `warm` runs
-        tests through a warm pytest server in the sandbox (see the module docstring)."""
+        tests through a warm pytest server in the sandbox (see the module docstring).
+        `pytest_config` is the pytest configuration runs use unless `run_tests` names
+        another (a str is pytest.ini text; default: an empty one)."""
         if not api_key and not debug:
             raise ConfigError("The E2B API key is empty: set E2B_API_KEY to a key from e2b.dev.")
         if test_timeout <= 0 or sandbox_timeout <= 0:
@@ -136,6 +169,7 @@ class E2BSandbox:
         self._sandbox_url = sandbox_url
         self._sleep = sleep
         self._warm = warm
+        self._pytest_config = as_config(pytest_config)
         self._sbx: E2BClient | None = None
         self._runs = 0
         self._closed = False
@@ -160,19 +194,22 @@ class E2BSandbox:
         """Create or reattach the sandbox now rather than on the first run; returns its id."""
         return self._ensure().sandbox_id
 
-    def run_tests(self, workspace: Workspace) -> TestResult:
+    def run_tests(
+        self, workspace: Workspace, *, pytest_config: PytestConfig | str | None = None
+    ) -> TestResult:
         """Run pytest over `workspace` in a fresh directory of the shared sandbox."""
         files = _workspace_files(workspace)
+        config = as_config(pytest_config, self._pytest_config)
         run = self._run_warm if self._warm else self._run
         sbx = self._ensure()
         try:
-            return run(sbx, files)
+            return run(sbx, files, config)
         except SDK_ERRORS as first:
             log.warning("E2B sandbox %s failed mid-run (%s); reconnecting", sbx.sandbox_id, first)
         self._sbx = None
         sbx = self._ensure()  # same sandbox if it is still alive, else a new one
         try:
-            return run(sbx, files)
+            return run(sbx, files, config)
         except SDK_ERRORS as err:
             self._sbx = None
             raise SandboxError(
@@ -287,30 +324,37 @@ class E2BSandbox:
     def _kill_quietly(self, sandbox_id: str) -> None:
         try:
             E2BClient.kill(sandbox_id, **self._params(self._request_timeout))
-        except (*SDK_ERRORS, AuthenticationException) as err:
+        except _KILL_ERRORS as err:
             # Not fatal: the sandbox dies by itself when its timeout runs out.
             log.warning("could not kill E2B sandbox %s: %s", sandbox_id, err)
 
     # -- one test run ----------------------------------------------------------------
 
-    def _upload(self, sbx: E2BClient, files: Mapping[str, str]) -> str:
-        """Write the workspace and the report plugin into a fresh run directory."""
+    def _upload(self, sbx: E2BClient, files: Mapping[str, str], config: PytestConfig) -> _RunFiles:
+        """Write the workspace, the report plugin, the pytest config and an empty report
+        file (which makes its directory) into a fresh run directory."""
         self._runs += 1
         # A random suffix keeps a reattached worker from reusing a dead worker's directory.
-        run_dir = f"{self._workdir}/run-{self._runs}-{secrets.token_hex(4)}"
-        entries: list[Any] = [
-            {"path": f"{run_dir}/{rel}", "data": text} for rel, text in files.items()
-        ]
-        entries.append(
-            {"path": f"{run_dir}/{_SUPPORT_DIR}/{PLUGIN_MODULE}.py", "data": PLUGIN_SOURCE}
+        run = _RunFiles(
+            run_dir=f"{self._workdir}/run-{self._runs}-{secrets.token_hex(4)}",
+            config=f"{_SUPPORT_DIR}/{config.filename}",
+            report=f"{_SUPPORT_DIR}/out/{secrets.token_hex(16)}.json",
         )
+        entries: list[Any] = [
+            {"path": f"{run.run_dir}/{rel}", "data": text} for rel, text in files.items()
+        ]
+        entries += [
+            {"path": f"{run.run_dir}/{_SUPPORT_DIR}/{PLUGIN_MODULE}.py", "data": PLUGIN_SOURCE},
+            {"path": f"{run.run_dir}/{run.config}", "data": config.text},
+            {"path": f"{run.run_dir}/{run.report}", "data": ""},
+        ]
         sbx.files.write_files(entries, request_timeout=self._request_timeout)
-        return run_dir
+        return run
 
-    def _read_report(self, sbx: E2BClient, run_dir: str) -> str | None:
+    def _read_report(self, sbx: E2BClient, run: _RunFiles) -> str | None:
         try:
             return sbx.files.read(
-                f"{run_dir}/{_SUPPORT_DIR}/report.json", request_timeout=self._request_timeout
+                f"{run.run_dir}/{run.report}", request_timeout=self._request_timeout
             )
         except FileNotFoundException:
             return None  # pytest never finished; result_from_report makes it an error
@@ -318,37 +362,44 @@ class E2BSandbox:
     def _result(
         self,
         sbx: E2BClient,
-        run_dir: str,
+        run: _RunFiles,
         *,
         exit_code: int,
         duration: float,
         timed_out: bool,
         output: str,
         truncated: bool,
+        command: list[str],
         extra: dict[str, Any] | None = None,
     ) -> TestResult:
         """The result from the run's report; `output` was already capped while it streamed,
         so its clip marker carries the true count."""
         result = result_from_report(
             exit_code=exit_code,
-            report_json=self._read_report(sbx, run_dir),
+            report_json=self._read_report(sbx, run),
             output="",
             duration=duration,
             timed_out=timed_out,
             output_cap=self._output_cap,
+            command=command_line(command),
         )
         return replace(result, output=output, output_truncated=truncated, extra=extra or {})
 
-    def _run(self, sbx: E2BClient, files: Mapping[str, str]) -> TestResult:
-        run_dir = self._upload(sbx, files)
+    def _run(self, sbx: E2BClient, files: Mapping[str, str], config: PytestConfig) -> TestResult:
+        run = self._upload(sbx, files, config)
+        run_dir = run.run_dir
         support = f"{run_dir}/{_SUPPORT_DIR}"
-        report_path = f"{support}/report.json"
 
-        # The env names only run paths: the API key never enters the sandbox.
-        envs = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": support, REPORT_ENV: report_path}
-        cmd = shlex.join(
-            ["timeout", "-s", "KILL", f"{self._test_timeout:g}", *pytest_args(self._python)]
-        )
+        # The env names only run paths: the API key never enters the sandbox. HOME is the
+        # run's own (see the module docstring).
+        envs = {
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONPATH": support,
+            REPORT_ENV: f"{run_dir}/{run.report}",
+            "HOME": support,
+        }
+        command = run.command(self._python)
+        cmd = shlex.join(["timeout", "-s", "KILL", f"{self._test_timeout:g}", *command])
         stream_timeout = self._test_timeout + _STREAM_GRACE
         output = CappedOutput(self._output_cap)
         started = time.monotonic()
@@ -382,12 +433,13 @@ class E2BSandbox:
         timed_out = exit_code in _TIMEOUT_EXIT_CODES and duration >= self._test_timeout
         return self._result(
             sbx,
-            run_dir,
+            run,
             exit_code=exit_code,
             duration=duration,
             timed_out=timed_out,
             output=output.text(),
             truncated=output.truncated,
+            command=command,
         )
 
     def _kill_process_quietly(self, sbx: E2BClient, pid: int) -> None:
@@ -412,29 +464,38 @@ class E2BSandbox:
                 raise SandboxError(f"the warm pytest server did not answer: {err}") from err
         return list(reply["modules"])
 
-    def _run_warm(self, sbx: E2BClient, files: Mapping[str, str]) -> TestResult:
+    def _run_warm(
+        self, sbx: E2BClient, files: Mapping[str, str], config: PytestConfig
+    ) -> TestResult:
         with self._server_lock:
             if self._server_failures >= _WARM_MAX_FAILURES:
                 reason = f"warm runner off after {self._server_failures} server failures in a row"
-                return self._fallback(sbx, files, reason)
+                return self._fallback(sbx, files, config, reason)
             try:
                 server = self._warm_server(sbx)
             except ServerFailed as err:
-                return self._server_failed(sbx, files, f"the warm server did not start: {err}")
-            run_dir = self._upload(sbx, files)
+                reason = f"the warm server did not start: {err}"
+                return self._server_failed(sbx, files, config, reason)
+            run = self._upload(sbx, files, config)
             shadowing = bool(workspace_module_names(dict(files)) & server.preloaded)
             run_id = uuid.uuid4().hex
+            command = run.command(server.executable)
             request = {
                 "id": run_id,
                 # Relative paths, resolved by the server: they hold wherever the sandbox's
                 # disk is rooted (the test fake roots it in a host directory).
-                "dir": posixpath.relpath(run_dir, server.cwd),
+                "dir": posixpath.relpath(run.run_dir, server.cwd),
                 "timeout": self._test_timeout,
                 "cap": self._output_cap,
-                "args": _pytest_options(),
+                "args": run.options(),
                 # A module shadowing one the server holds needs a fresh interpreter.
-                "exec": pytest_args(server.executable) if shadowing else None,
-                "path_env": {"PYTHONPATH": _SUPPORT_DIR, REPORT_ENV: f"{_SUPPORT_DIR}/report.json"},
+                "exec": command if shadowing else None,
+                # As for a cold run; only the child gets them, never the server.
+                "path_env": {
+                    "PYTHONPATH": _SUPPORT_DIR,
+                    REPORT_ENV: run.report,
+                    "HOME": _SUPPORT_DIR,
+                },
             }
             started = time.monotonic()
             # The server kills the run at the wall timeout itself; the grace covers the RPCs.
@@ -442,7 +503,7 @@ class E2BSandbox:
             try:
                 reply = server.call(request, deadline, self._request_timeout)
             except ServerFailed as err:
-                return self._server_failed(sbx, files, str(err))
+                return self._server_failed(sbx, files, config, str(err))
             self._server_failures = 0
             duration = time.monotonic() - started
         exit_code = int(reply["exit_code"])
@@ -457,12 +518,13 @@ class E2BSandbox:
             output += f"\n[process ended: {error}]\n"
         return self._result(
             sbx,
-            run_dir,
+            run,
             exit_code=exit_code,
             duration=duration,
             timed_out=timed_out,
             output=output,
             truncated=truncated,
+            command=command,
             extra={"warm": True, "mode": "exec" if shadowing else "fork"},
         )
 
@@ -498,12 +560,17 @@ class E2BSandbox:
                 request_timeout=self._request_timeout,
             )
             # `exec`: the pid envd reports (and kills) is the server, not a shell around it.
-            argv = [self._python, "-B", f"{SERVER_MODULE}.py", *_pytest_options()]
+            # `-P -s` as in the runs themselves; the plugin comes from PYTHONPATH then.
+            argv = [self._python, "-B", "-P", "-s", f"{SERVER_MODULE}.py", *pytest_options()]
             handle = sbx.commands.run(
                 f"exec {shlex.join(argv)}",
                 background=True,
                 stdin=True,
-                envs={"PYTHONDONTWRITEBYTECODE": "1"},
+                envs={
+                    "PYTHONDONTWRITEBYTECODE": "1",
+                    "PYTHONPATH": server_dir,
+                    "HOME": server_dir,
+                },
                 cwd=server_dir,
                 timeout=0,  # it lives as long as the sandbox
                 retain_output=False,
@@ -540,25 +607,23 @@ class E2BSandbox:
                 log.info("killing stale warm server (pid %s)", process.pid)
                 self._kill_process_quietly(sbx, process.pid)
 
-    def _server_failed(self, sbx: E2BClient, files: Mapping[str, str], reason: str) -> TestResult:
+    def _server_failed(
+        self, sbx: E2BClient, files: Mapping[str, str], config: PytestConfig, reason: str
+    ) -> TestResult:
         """Kill the server (the next run starts another) and run this one cold."""
         self._server_failures += 1
         if self._server is not None:
             self._server.kill(self._request_timeout)
             self._server = None
         log.warning("warm pytest server in E2B sandbox %s failed: %s", sbx.sandbox_id, reason)
-        return self._fallback(sbx, files, reason)
+        return self._fallback(sbx, files, config, reason)
 
-    def _fallback(self, sbx: E2BClient, files: Mapping[str, str], reason: str) -> TestResult:
+    def _fallback(
+        self, sbx: E2BClient, files: Mapping[str, str], config: PytestConfig, reason: str
+    ) -> TestResult:
         # A fresh directory too: a child of a server that died may still run in the old one.
-        result = self._run(sbx, files)
+        result = self._run(sbx, files, config)
         return replace(result, extra={**result.extra, "warm": False, "fallback": reason})
-
-
-def _pytest_options() -> list[str]:
-    """What follows `python -m pytest` in the shared invocation."""
-    args = pytest_args()
-    return args[args.index("pytest") + 1 :]
 
 
 def _exit_code(code: int, error: str | None, output: CappedOutput) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -15,19 +16,22 @@ from bot.errors import SandboxUnavailable
 from bot.sandbox.pytest_run import (
     PLUGIN_MODULE,
     PLUGIN_SOURCE,
+    PytestConfig,
 )
-from bot.sandbox.seccomp import build_vsock_filter
+from bot.sandbox.seccomp import build_filter
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 # Paths inside the sandbox.
-IN_LIB = "/run/tdd/lib"
-IN_OUT = "/run/tdd/out"
-IN_WORK = "/workspace"
-IN_REPORT = f"{IN_OUT}/report.json"
+IN_LIB = "/run/tdd/lib"  # read-only: the report plugin (and the warm server)
+IN_CFG = "/run/tdd/cfg"  # read-only: the one pytest configuration file a run reads
+IN_STAGE = "/run/tdd/stage"  # read-only: the workspace as the host wrote it
+IN_OUT = "/run/tdd/out"  # the report dir: not listable, only the run's report file writable
+IN_WORK = "/workspace"  # size-capped tmpfs: the workspace is copied here, then pytest runs
 IN_PYCACHE = "/run/tdd/pycache"
+IN_MQUEUE = "/dev/mqueue"  # the IPC namespace's POSIX message queues, so they can be listed
 
 # bwrap's own environment: the host's (with its secrets) must not even reach bwrap, whose
 # initial environment stays readable in /proc/<pid>/environ.
@@ -35,7 +39,7 @@ BWRAP_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 # Host /etc files Python and libc read; none of them holds secrets.
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf")
-FRESH_MOUNTS = ("/tmp", "/dev/shm")  # size-capped tmpfs, fresh for every run
+FRESH_MOUNTS = ("/tmp", "/dev/shm", IN_WORK)  # size-capped tmpfs, fresh for every sandbox
 TOP_LEVEL_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 
@@ -63,10 +67,25 @@ NAMESPACE_ERROR_MARKERS = (
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-run resource limits; every field applies to the whole run."""
+    """Per-run resource limits.
+
+    Memory. `memory_bytes` holds each process (RLIMIT_AS), and `run_memory_bytes` the whole
+    run: with a delegated cgroup v2 memory controller it is the run cgroup's memory.max (see
+    cgroup.py); without one (this includes hosts where the memory controller is on cgroup
+    v1 only) the host sums the resident memory of the run's processes every
+    MEMORY_POLL_SECONDS and kills the run once the sum passes it, so a run can overshoot
+    by what it allocates between two checks. `LocalSandbox.check()` says which applies.
+    Either way the result says `memory_exceeded` and counts as a failure, like a timeout.
+
+    Disk. Everything a run can write is RAM-backed tmpfs of a fixed size: /workspace
+    (`workspace_bytes`), /tmp and /dev/shm (`tmpfs_bytes` each); a full one gives the
+    code ENOSPC, an ordinary test failure. The only host file a run can write is its own
+    report, at most `file_size_bytes` (RLIMIT_FSIZE) like any file.
+    """
 
     wall_seconds: float = 60.0  # seconds; SIGKILLs everything and sets timed_out
     memory_bytes: int = 2 * GiB  # RLIMIT_AS per process (pytest itself needs ~40 MiB)
+    run_memory_bytes: int = 4 * GiB  # resident memory of the whole run (see above)
     cpu_seconds: int = 60  # RLIMIT_CPU per process
     # RLIMIT_NPROC, threads included. As root each run has its own uid, so this is the
     # run's budget; not as root it counts all of the caller's processes on the host.
@@ -74,7 +93,8 @@ class SandboxLimits:
     file_size_bytes: int = 64 * MiB  # RLIMIT_FSIZE: largest file a run may write
     open_files: int = 256  # RLIMIT_NOFILE
     output_cap: int = 64 * KiB  # bytes of stdout+stderr kept (head and tail)
-    tmpfs_bytes: int = 256 * MiB  # size of /tmp and of /dev/shm
+    tmpfs_bytes: int = 256 * MiB  # size of /tmp and of /dev/shm (each)
+    workspace_bytes: int = 256 * MiB  # size of /workspace (the tests and the candidate)
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -200,8 +220,11 @@ class HostSetup:
     ro_roots: tuple[str, ...]
     setpriv: str | None  # set when running as root: the uid drop
     prlimit: str
+    shell: str  # /bin/sh inside the sandbox: copies the staged workspace in
     supports_size: bool
     supports_disable_userns: bool
+    supports_args: bool
+    supports_mqueue: bool
 
     @classmethod
     def detect(cls, *, bwrap: str | None, python: str | None) -> HostSetup:
@@ -215,8 +238,11 @@ class HostSetup:
             ro_roots=read_only_roots(python),
             setpriv=_find_tool("setpriv") if os.geteuid() == 0 else None,
             prlimit=_find_tool("prlimit"),
+            shell=_find_tool("sh"),
             supports_size=bwrap_supports(bwrap, "--size"),
             supports_disable_userns=bwrap_supports(bwrap, "--disable-userns"),
+            supports_args=bwrap_supports(bwrap, "--args"),
+            supports_mqueue=bwrap_supports(bwrap, "--mqueue"),
         )
 
     @property
@@ -275,11 +301,22 @@ class HostSetup:
 
         # Fresh /proc, /dev and tmpfs mounts come first: a bind below /tmp (a checkout or
         # venv under /tmp, as on some CI machines) must land on top of them, not under.
+        # The tmpfs mounts are all a run can write, each with a size. /workspace belongs to
+        # root when we are root (bwrap has no owner option): the files copied into it
+        # belong to the run's uid, and 0777 lets it add and remove files.
         argv += ["--proc", "/proc", "--dev", "/dev"]
-        for mount in FRESH_MOUNTS:
+        for mount, mode, size in (
+            ("/tmp", "1777", limits.tmpfs_bytes),
+            ("/dev/shm", "1777", limits.tmpfs_bytes),
+            (IN_WORK, "0777", limits.workspace_bytes),
+        ):
             if self.supports_size:
-                argv += ["--size", str(limits.tmpfs_bytes)]
-            argv += ["--perms", "1777", "--tmpfs", mount]
+                argv += ["--size", str(size)]
+            argv += ["--perms", mode, "--tmpfs", mount]
+        if self.supports_mqueue:
+            # The queues of the sandbox's own IPC namespace: the warm server lists them to
+            # remove what a run left (an unmounted mqueue fs cannot be enumerated).
+            argv += ["--mqueue", IN_MQUEUE]
 
         # bwrap creates missing parents with mode 0700 when it runs as root, which would
         # hide e.g. /root/.pyenv from the sandbox uid: create them 0755 first (but never
@@ -341,6 +378,7 @@ def write_etc(etc_dir: Path, uid: int) -> list[Bind]:
 def write_lib(lib_dir: Path, extra: dict[str, str] | None = None) -> Bind:
     """The read-only library dir on the sandbox's PYTHONPATH (the report plugin)."""
     lib_dir.mkdir(mode=0o755)
+    lib_dir.chmod(0o755)  # whatever the umask: the run's uid reads it
     for name, text in {f"{PLUGIN_MODULE}.py": PLUGIN_SOURCE, **(extra or {})}.items():
         path = lib_dir / name
         path.write_text(text, encoding="utf-8")
@@ -348,16 +386,92 @@ def write_lib(lib_dir: Path, extra: dict[str, str] | None = None) -> Bind:
     return Bind("--ro-bind", str(lib_dir), IN_LIB)
 
 
+def write_config(cfg_dir: Path, config: PytestConfig) -> str:
+    """Put `config` alone in `cfg_dir` (bind it read-only at IN_CFG); its path inside.
+
+    The dir is bound, not the file, so the warm runner can change it between runs.
+    """
+    cfg_dir.mkdir(mode=0o755, exist_ok=True)
+    cfg_dir.chmod(0o755)
+    for old in cfg_dir.iterdir():
+        old.unlink()
+    path = cfg_dir / config.filename
+    path.write_text(config.text, encoding="utf-8")
+    path.chmod(0o644)
+    return config_path(config)
+
+
+def config_path(config: PytestConfig) -> str:
+    """Where `write_config` puts `config`, inside the sandbox."""
+    return f"{IN_CFG}/{config.filename}"
+
+
+def make_staging_dir(path: Path) -> Bind:
+    """The host dir the workspace is written to, bound read-only at IN_STAGE."""
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)
+    return Bind("--ro-bind", str(path), IN_STAGE)
+
+
+def make_report_dir(path: Path) -> Bind:
+    """The report dir, bound at IN_OUT: it can be entered but not listed or written to
+    (as root it belongs to root, so the run cannot chmod it back); each run's report file
+    is made in it beforehand by `new_report_file`."""
+    path.mkdir(mode=0o711)
+    path.chmod(0o711)  # whatever the umask
+    return Bind("--bind", str(path), IN_OUT)
+
+
+def new_report_file(report_dir: Path, owner: int | None) -> tuple[Path, str]:
+    """An empty report file with a random name, writable by the run's uid only; its host
+    path and its path inside the sandbox (which goes to the plugin, never on a command
+    line)."""
+    name = f"{secrets.token_hex(16)}.json"
+    host = report_dir / name
+    fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, owner, owner)
+    finally:
+        os.close(fd)
+    return host, f"{IN_OUT}/{name}"
+
+
 @contextlib.contextmanager
 def seccomp_fd() -> Iterator[int]:
     """A pipe's read end holding the filter program, for bwrap's --seccomp."""
-    program = build_vsock_filter()
+    with data_fd(build_filter()) as fd:
+        yield fd
+
+
+@contextlib.contextmanager
+def data_fd(data: bytes) -> Iterator[int]:
+    """A pipe's read end holding `data` (at most a pipe buffer: 64 KiB on Linux)."""
+    if len(data) > 60 * KiB:
+        raise SandboxUnavailable(f"{len(data)} bytes do not fit in a pipe for bubblewrap")
     read_end, write_end = os.pipe()
     try:
-        os.write(write_end, program)  # a few hundred bytes: fits in the pipe buffer
+        os.write(write_end, data)
         os.close(write_end)
         yield read_end
     finally:
         with contextlib.suppress(OSError):
             os.close(write_end)
         os.close(read_end)
+
+
+@contextlib.contextmanager
+def bwrap_launch(host: HostSetup, argv: list[str]) -> Iterator[tuple[list[str], tuple[int, ...]]]:
+    """What to pass to Popen for `argv` (from HostSetup.argv): bwrap's options go through a
+    pipe (`--args FD`), so the sandbox's pid 1, which is bwrap, shows only `bwrap --args N`
+    and the command in /proc/1/cmdline: not the host's paths, nor the environment it sets
+    (the report's path among it). Yields (argv, fds to keep open in the child)."""
+    if not host.supports_args:
+        yield argv, ()
+        return
+    # The "--" that ends bwrap's options (HostSetup.argv puts it after --json-status-fd);
+    # bwrap reads only options from the pipe, the command stays on its argv.
+    end = argv.index("--", argv.index("--json-status-fd"))
+    data = b"".join(arg.encode() + b"\0" for arg in argv[1:end])
+    with data_fd(data) as fd:
+        yield [argv[0], "--args", str(fd), *argv[end:]], (fd,)

@@ -6,15 +6,27 @@ Layout of the sandbox (a fresh tmpfs root, nothing of the host's `/` unless boun
     <python prefixes>               read-only at their own paths (pyenv base, the venv)
     /etc/{ld.so.*,localtime,...}    read-only; hosts/passwd/group are generated
     /run/tdd/lib                    read-only: the report plugin, on PYTHONPATH
-    /run/tdd/out                    writable: where the plugin writes its JSON report
-    /workspace                      writable: the candidate files and tests (cwd)
-    /tmp, /dev/shm                  fresh size-capped tmpfs; /proc and /dev are fresh too
+    /run/tdd/cfg                    read-only: the one pytest config file the run reads
+    /run/tdd/stage                  read-only: the workspace as the host wrote it
+    /run/tdd/out                    the report dir: not listable; holds the run's report
+                                    file (random name, made by the host, writable by the
+                                    run's uid only)
+    /workspace                      size-capped tmpfs: the staged files are copied here
+                                    (by the run's uid), then pytest runs in it
+    /tmp, /dev/shm                  fresh size-capped tmpfs; /proc, /dev, /dev/mqueue too
+
+Nothing else is writable, so the tmpfs sizes bound what a run can write (SandboxLimits).
+bwrap gets its options through a pipe (`--args`), so the sandbox's pid 1 (bwrap itself)
+shows neither host paths nor the environment in /proc/1/cmdline.
 
 As root, bwrap runs without a user namespace and the command drops to a per-run uid from a
 private range with `setpriv` (RLIMIT_NPROC is not enforced for uid 0, even in a user
-namespace, and a uid shared by concurrent runs would share one process budget). Not as
-root, bwrap maps the caller's own uid in a new user namespace. Limits are set by `prlimit`
-after the uid drop, so nothing inside can raise them again.
+namespace, and a uid shared by concurrent runs would share one process budget); seccomp
+keeps that uid from making user namespaces of its own. Not as root, bwrap maps the
+caller's own uid in a new user namespace (then the report dir belongs to the run's own
+uid, which could chmod it back to listable). Limits are set by `prlimit` after the uid
+drop, so nothing inside can raise them again. The whole run's memory is held by a cgroup
+or by a watchdog (memory.py); `check()` says which.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bot.errors import SandboxUnavailable
@@ -46,40 +58,76 @@ from bot.sandbox.capture import (
 )
 from bot.sandbox.jail import (
     BWRAP_ENV,
-    IN_OUT,
+    IN_CFG,
     IN_PYCACHE,
-    IN_REPORT,
+    IN_STAGE,
     IN_WORK,
     Bind,
     HostSetup,
     SandboxLimits,
+    bwrap_launch,
+    config_path,
+    make_report_dir,
+    make_staging_dir,
+    new_report_file,
     seccomp_fd,
     unavailable_from_bwrap,
+    write_config,
     write_etc,
     write_lib,
 )
+from bot.sandbox.memory import MemoryRule, RunMemory, sweep_stale_cgroups
 from bot.sandbox.pytest_run import (
+    DEFAULT_CONFIG,
     REPORT_ENV,
+    PytestConfig,
+    as_config,
+    command_line,
     pytest_args,
+    pytest_options,
 )
-from bot.sandbox.rundir import RunDir, UidLease, make_private_dir, sweep_stale_dirs, write_workspace
+from bot.sandbox.rundir import RunDir, UidLease, sweep_stale_dirs, write_workspace
 
 PROBE_TIMEOUT = 30.0
+# Runs first in every sandbox, as the run's uid and under its limits: the workspace goes
+# from the read-only staging dir into the /workspace tmpfs, where the tests may change it.
+# A workspace too big for the tmpfs fails here, with cp's message, like any failing run.
+# SIGXFSZ is ignored (Python ignores it anyway) so that a file over RLIMIT_FSIZE makes cp
+# fail with EFBIG and exit 1, as the warm runner's copy does, instead of dying of it.
+COPY_IN = f"trap '' XFSZ; cp -R {IN_STAGE}/. {IN_WORK} && exec \"$@\""
 
 
-def pytest_options() -> list[str]:
-    """The options after `python -m pytest` in the shared invocation."""
-    args = pytest_args("python")
-    start = args.index("-m")
-    if args[start + 1] != "pytest":
-        raise RuntimeError(f"unexpected pytest invocation: {args}")
-    return args[start + 2 :]
+def copy_in(host: HostSetup, command: Sequence[str]) -> list[str]:
+    """`command`, preceded by copying the staged workspace into /workspace."""
+    return [host.shell, "-c", COPY_IN, "tdd-copy-in", *command]
+
+
+def run_command(python: str, config: PytestConfig) -> list[str]:
+    """The pytest command line of a run inside the local sandbox (cold or warm)."""
+    return pytest_args(python, config_file=config_path(config), rootdir=IN_WORK)
 
 
 @dataclass(frozen=True)
 class ProbeResult:
     error: str | None
     pycache: str | None  # host dir holding bytecode for pytest's start-up modules
+    # Filled by `check()`: which rules bound a run's memory and disk on this host.
+    memory: str = ""
+    disk: str = ""
+
+
+def describe_disk(host: HostSetup, limits: SandboxLimits) -> str:
+    if not host.supports_size:
+        return (
+            f"no size caps: {host.bwrap} lacks --size, so /workspace, /tmp and /dev/shm are "
+            "tmpfs mounts limited only by RAM"
+        )
+    mib = 1 << 20
+    return (
+        f"tmpfs: /workspace {limits.workspace_bytes // mib} MiB, /tmp and /dev/shm "
+        f"{limits.tmpfs_bytes // mib} MiB each; one report file of at most "
+        f"{limits.file_size_bytes // mib} MiB on the host"
+    )
 
 
 _probe_lock = threading.Lock()
@@ -133,7 +181,8 @@ def _run_probe(host: HostSetup, temp_root: str | None) -> ProbeResult:
         "import os, runpy, sys; os.umask(0); "
         "runpy.run_module('pytest', run_name='__main__', alter_sys=True)"
     )
-    command = [host.python, "-c", boot, *pytest_options(), "--collect-only"]
+    options = pytest_options(config_file=config_path(DEFAULT_CONFIG), rootdir=IN_WORK)
+    command = [host.python, "-P", "-s", "-c", boot, *options, "--collect-only"]
     outcome = run_in_sandbox(
         host,
         # It checks the machine, not the caller's limits: a tiny memory limit must not
@@ -142,6 +191,7 @@ def _run_probe(host: HostSetup, temp_root: str | None) -> ProbeResult:
         temp_root=temp_root,
         workspace={},
         command=command,
+        config=DEFAULT_CONFIG,
         extra_binds=[Bind("--bind", str(cache), IN_PYCACHE)],
         extra_env={"PYTHONPYCACHEPREFIX": IN_PYCACHE, "PYTHONDONTWRITEBYTECODE": ""},
     )
@@ -170,6 +220,8 @@ class RunOutcome:
     report_json: str | None
     duration: float
     setup_failed: bool
+    memory_exceeded: bool = False
+    memory_note: str = ""
 
 
 def run_in_sandbox(
@@ -179,6 +231,8 @@ def run_in_sandbox(
     temp_root: str | None,
     workspace: Workspace,
     command: Sequence[str],
+    config: PytestConfig,
+    memory: RunMemory | None = None,
     extra_binds: Sequence[Bind] = (),
     extra_env: dict[str, str] | None = None,
 ) -> RunOutcome:
@@ -189,17 +243,20 @@ def run_in_sandbox(
     run_dir = RunDir("tdd-sandbox-", temp_root)
     tmp = run_dir.path
     try:
-        work = make_private_dir(tmp / "work", chown_to)
-        out = make_private_dir(tmp / "out", chown_to)
-        write_workspace(work, workspace, chown_to)
+        stage = make_staging_dir(tmp / "stage")
+        write_workspace(tmp / "stage", workspace)
+        write_config(tmp / "cfg", config)
+        report_bind = make_report_dir(tmp / "out")
+        report_host, report_inside = new_report_file(tmp / "out", chown_to)
         binds = [
             write_lib(tmp / "lib"),
+            Bind("--ro-bind", str(tmp / "cfg"), IN_CFG),
+            stage,
             *write_etc(tmp / "etc", owner),
             *extra_binds,
-            Bind("--bind", str(out), IN_OUT),
-            Bind("--bind", str(work), IN_WORK),
+            report_bind,
         ]
-        env = host.env({REPORT_ENV: IN_REPORT, **(extra_env or {})})
+        env = host.env({REPORT_ENV: report_inside, **(extra_env or {})})
         capture = HeadTail(limits.output_cap)
         status_r, status_w = os.pipe()
         try:
@@ -212,40 +269,66 @@ def run_in_sandbox(
                     seccomp_fd=filter_fd,
                     status_fd=status_w,
                     chdir=IN_WORK,
-                    command=command,
+                    command=copy_in(host, command),
                 )
-                started = time.monotonic()
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(filter_fd, status_w),
-                    start_new_session=True,
-                    env=BWRAP_ENV,
-                )
+                with bwrap_launch(host, argv) as (launch, launch_fds):
+                    if memory is not None:
+                        launch = memory.command(host.shell, launch)
+                    started = time.monotonic()
+                    proc = subprocess.Popen(
+                        launch,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        pass_fds=(filter_fd, status_w, *launch_fds),
+                        start_new_session=True,
+                        env=BWRAP_ENV,
+                    )
             os.close(status_w)
             status_w = -1
+            if memory is not None:
+                memory.attach(proc.pid)
             with proc:
-                exit_code, timed_out = pump_output(proc, capture, started + limits.wall_seconds)
+                exit_code, timed_out = pump_output(
+                    proc,
+                    capture,
+                    started + limits.wall_seconds,
+                    memory.poll if memory is not None else None,
+                )
             duration = time.monotonic() - started
             status = parse_status(read_all(status_r))
         finally:
             if status_w >= 0:
                 os.close(status_w)
             os.close(status_r)
+        exceeded = memory is not None and memory.exceeded()
         return RunOutcome(
             exit_code=exit_code,
-            timed_out=timed_out,
+            timed_out=timed_out and not exceeded,
             capture=capture,
-            report_json=read_report(out / "report.json", owner=owner),
+            report_json=read_report(report_host, owner=owner),
             duration=duration,
-            setup_failed=not timed_out and not any("child-pid" in s for s in status),
+            setup_failed=not timed_out
+            and not exceeded
+            and not any("child-pid" in s for s in status),
+            memory_exceeded=exceeded,
+            memory_note=memory.note() if exceeded and memory is not None else "",
         )
     finally:
         run_dir.remove()
         if lease:
             lease.release()
+
+
+def over_memory(result: TestResult, note: str) -> TestResult:
+    """A result whose run went over its memory limit: a failure, whatever pytest said."""
+    return replace(
+        result,
+        errors=result.errors + 1,
+        failing=(*result.failing, "<memory limit exceeded>"),
+        output=f"{result.output}\n{note}\n",
+        extra={**result.extra, "memory_exceeded": True},
+    )
 
 
 class LocalSandbox:
@@ -263,29 +346,53 @@ class LocalSandbox:
         bwrap: str | None = None,
         python: str | None = None,
         temp_root: str | None = None,
+        pytest_config: PytestConfig | str | None = None,
+        cgroup_parent: str | None = None,
     ) -> None:
-        """`temp_root` holds per-run dirs (default: the system temp dir); put it on a
-        size-capped filesystem to bound what a run can write to disk."""
+        """`temp_root` holds per-run dirs (default: the system temp dir); a run cannot
+        write there beyond its report file when we are root (see the module docstring).
+        `pytest_config` is the pytest configuration runs use unless `run_tests` names
+        another (a str is pytest.ini text; default: an empty one). `cgroup_parent` is a
+        cgroup v2 dir delegated to us for run cgroups (see memory.py)."""
         self.limits = limits or SandboxLimits()
         self.host = HostSetup.detect(bwrap=bwrap, python=python)
         self.temp_root = temp_root
+        self.pytest_config = as_config(pytest_config)
+        self.memory_rule = MemoryRule.detect(cgroup_parent)
         sweep_stale_dirs(temp_root)
+        sweep_stale_cgroups(self.memory_rule)
 
-    def check(self) -> None:
-        """Probe the sandbox once (cached per process); raise SandboxUnavailable if broken."""
-        probe(self.host, self.temp_root)
-
-    def run_tests(self, workspace: Workspace) -> TestResult:
-        binds, env = pycache_binds(probe(self.host, self.temp_root).pycache)
-        outcome = run_in_sandbox(
-            self.host,
-            limits=self.limits,
-            temp_root=self.temp_root,
-            workspace=workspace,
-            command=pytest_args(self.host.python),
-            extra_binds=binds,
-            extra_env=env,
+    def check(self) -> ProbeResult:
+        """Probe the sandbox once (cached per process); raise SandboxUnavailable if broken.
+        The result also says which rules hold a run's memory and disk here."""
+        result = probe(self.host, self.temp_root)
+        return replace(
+            result,
+            memory=self.memory_rule.describe(self.limits),
+            disk=describe_disk(self.host, self.limits),
         )
+
+    def run_tests(
+        self, workspace: Workspace, *, pytest_config: PytestConfig | str | None = None
+    ) -> TestResult:
+        config = as_config(pytest_config, self.pytest_config)
+        binds, env = pycache_binds(probe(self.host, self.temp_root).pycache)
+        command = run_command(self.host.python, config)
+        memory = self.memory_rule.start(self.limits)
+        try:
+            outcome = run_in_sandbox(
+                self.host,
+                limits=self.limits,
+                temp_root=self.temp_root,
+                workspace=workspace,
+                command=command,
+                config=config,
+                memory=memory,
+                extra_binds=binds,
+                extra_env=env,
+            )
+        finally:
+            memory.close()
         if outcome.setup_failed:
             message = str(unavailable_from_bwrap(outcome.capture.text()))
             return TestResult(
@@ -294,14 +401,18 @@ class LocalSandbox:
                 duration=outcome.duration,
                 sandbox_error=message,
             )
-        return build_result(
+        result = build_result(
             exit_code=outcome.exit_code,
             report_json=outcome.report_json,
             capture=outcome.capture,
             duration=outcome.duration,
             timed_out=outcome.timed_out,
             cap=self.limits.output_cap,
+            command=command_line(command),
         )
+        if outcome.memory_exceeded:
+            result = over_memory(result, outcome.memory_note)
+        return result
 
     def close(self) -> None:
         """Nothing outlives a cold run; present for the Sandbox protocol."""

@@ -126,8 +126,9 @@ def safe_relpath(name: str) -> PurePosixPath:
     return rel
 
 
-def write_workspace(root: Path, workspace: Workspace, owner: int | None) -> None:
-    """Write the files under `root`, owned by the sandbox uid so tests may edit them."""
+def write_workspace(root: Path, workspace: Workspace, owner: int | None = None) -> None:
+    """Write the files under `root` (owned by `owner` if given), readable by everyone: the
+    sandbox's uid copies them from there whatever the host's umask."""
     for name, text in workspace.items():
         rel = safe_relpath(name)
         try:
@@ -136,10 +137,12 @@ def write_workspace(root: Path, workspace: Workspace, owner: int | None) -> None
                 path = path / part
                 if not path.is_dir():
                     path.mkdir(mode=0o755)
+                    path.chmod(0o755)
                     if owner is not None:
                         os.chown(path, owner, owner)
             target = root / rel
             target.write_text(text, encoding="utf-8")
+            target.chmod(0o644)
             if owner is not None:
                 os.chown(target, owner, owner)
         except OSError as exc:  # e.g. both "a" and "a/b.py" in one workspace

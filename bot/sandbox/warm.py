@@ -1,13 +1,17 @@
 """A warm local sandbox: one long-lived pytest server per instance, a fork per run.
 
 Most of a cold run is Python and pytest start-up. Here a server process starts once inside
-the same bubblewrap sandbox as the cold runner (binds, namespaces, seccomp, per-instance
-uid), imports pytest and its plugins by running one empty pytest session, and then serves
-runs: the host writes the workspace into a shared dir and sends a JSON line; the server
-forks a child that applies the run's rlimits, starts a new session, points stdout/stderr at
-a pipe and calls pytest's console entry point; the server enforces the wall timeout, kills
-every other process in the sandbox afterwards, wipes /tmp, and answers with the exit status
-and the head and tail of the output. The host reads the plugin's report itself.
+the same bubblewrap sandbox as the cold runner (binds, namespaces, seccomp, tmpfs mounts,
+per-instance uid), imports pytest and its plugins by running one empty pytest session, and
+then serves runs: the host writes the workspace into the read-only staging dir, the run's
+pytest config into the read-only config dir and an empty report file with a fresh random
+name into the report dir, and sends a JSON line; the server forks a child that applies the
+run's rlimits, copies the staged workspace into /workspace, starts a new session, points
+stdout/stderr at a pipe and calls pytest's console entry point with the same arguments as
+a cold run; the server enforces the wall timeout, kills every other process in the sandbox
+afterwards, wipes /workspace, /tmp, /dev/shm and IPC objects, and answers with the exit
+status and the head and tail of the output. The host reads the plugin's report itself.
+The whole server is under one memory limit (memory.py), checked while each run goes on.
 
 The server never imports the code under test: user modules only ever load in children.
 When a workspace module would shadow a module the server already holds (say `random.py`),
@@ -33,6 +37,7 @@ import threading
 import time
 import uuid
 import weakref
+from dataclasses import replace
 from typing import Any
 
 from bot.errors import SandboxError
@@ -40,23 +45,43 @@ from bot.sandbox.base import TestResult, Workspace
 from bot.sandbox.capture import KILL_GRACE, HeadTail, build_result, kill_group, read_report
 from bot.sandbox.jail import (
     BWRAP_ENV,
+    IN_CFG,
     IN_LIB,
-    IN_OUT,
-    IN_REPORT,
+    IN_STAGE,
     IN_WORK,
     Bind,
     HostSetup,
     SandboxLimits,
+    bwrap_launch,
+    config_path,
+    make_report_dir,
+    make_staging_dir,
+    new_report_file,
     seccomp_fd,
+    write_config,
     write_etc,
     write_lib,
 )
-from bot.sandbox.local import PROBE_TIMEOUT, probe, pycache_binds, pytest_options
-from bot.sandbox.pytest_run import REPORT_ENV, pytest_args
+from bot.sandbox.local import (
+    PROBE_TIMEOUT,
+    ProbeResult,
+    describe_disk,
+    over_memory,
+    probe,
+    pycache_binds,
+    run_command,
+)
+from bot.sandbox.memory import MEMORY_POLL_SECONDS, MemoryRule, RunMemory, sweep_stale_cgroups
+from bot.sandbox.pytest_run import (
+    REPORT_ENV,
+    PytestConfig,
+    as_config,
+    command_line,
+    pytest_options,
+)
 from bot.sandbox.rundir import (
     RunDir,
     UidLease,
-    make_private_dir,
     remove_tree,
     sweep_stale_dirs,
     write_workspace,
@@ -69,33 +94,40 @@ HOST_GRACE = 10.0
 
 
 class _Server:
-    """One running server: its bwrap process, temp dir and uid."""
+    """One running server: its bwrap process, temp dir, uid and memory limit."""
 
     def __init__(self, sandbox: WarmLocalSandbox, pycache: str | None) -> None:
         host, limits = sandbox.host, sandbox.limits
         self.proc: subprocess.Popen[bytes] | None = None
         self.lease: UidLease | None = None
         self.run_dir: RunDir | None = None
+        self.memory: RunMemory | None = None
         self._buffer = b""
         self._status_r = -1
         self._stopped = False
+        self.over_memory = False  # set by read_message when the memory limit was hit
         try:
             self.lease = UidLease() if host.as_root else None
             self.owner = self.lease.uid if self.lease else os.getuid()
-            self.chown_to = chown_to = self.lease.uid if self.lease else None
+            self.chown_to = self.lease.uid if self.lease else None
             self.run_dir = RunDir("tdd-warm-", sandbox.temp_root)
             self.tmp = self.run_dir.path
-            self.work = make_private_dir(self.tmp / "work", chown_to)
-            self.out = make_private_dir(self.tmp / "out", chown_to)
+            self.stage = self.tmp / "stage"
+            self.cfg = self.tmp / "cfg"
+            self.out = self.tmp / "out"
             self.log = self.tmp / "server.log"
             cache_binds, cache_env = pycache_binds(pycache)
+            config = sandbox.pytest_config
+            write_config(self.cfg, config)
             binds = [
                 write_lib(self.tmp / "lib", {f"{SERVER_MODULE}.py": SERVER_SOURCE}),
+                Bind("--ro-bind", str(self.cfg), IN_CFG),
+                make_staging_dir(self.stage),
                 *write_etc(self.tmp / "etc", self.owner),
                 *cache_binds,
-                Bind("--bind", str(self.out), IN_OUT),
-                Bind("--bind", str(self.work), IN_WORK),
+                make_report_dir(self.out),
             ]
+            self.memory = sandbox.memory_rule.start(limits, warm=True)
             # bwrap writes its status here; the read end stays open (and unread: the few
             # bytes fit in the pipe) so bwrap never gets SIGPIPE.
             self._status_r, status_w = os.pipe()
@@ -103,7 +135,8 @@ class _Server:
                 with seccomp_fd() as filter_fd, open(self.log, "wb") as log:
                     argv = host.argv(
                         binds=binds,
-                        env=host.env({REPORT_ENV: IN_REPORT, **cache_env}),
+                        # No report path here: each run's goes to its child only.
+                        env=host.env(cache_env),
                         uid=self.lease.uid if self.lease else None,
                         limits=limits,
                         seccomp_fd=filter_fd,
@@ -112,22 +145,26 @@ class _Server:
                         command=[
                             host.python,
                             "-B",
+                            "-P",
+                            "-s",
                             f"{IN_LIB}/{SERVER_MODULE}.py",
-                            *pytest_options(),
+                            *pytest_options(config_file=config_path(config), rootdir=IN_WORK),
                         ],
                         apply_limits=False,  # the server limits each run's child instead
                     )
-                    self.proc = subprocess.Popen(
-                        argv,
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        stderr=log,
-                        pass_fds=(filter_fd, status_w),
-                        start_new_session=True,
-                        env=BWRAP_ENV,
-                    )
+                    with bwrap_launch(host, argv) as (launch, launch_fds):
+                        self.proc = subprocess.Popen(
+                            self.memory.command(host.shell, launch),
+                            stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE,
+                            stderr=log,
+                            pass_fds=(filter_fd, status_w, *launch_fds),
+                            start_new_session=True,
+                            env=BWRAP_ENV,
+                        )
             finally:
                 os.close(status_w)
+            self.memory.attach(self.proc.pid)
             hello = self.read_message(time.monotonic() + PROBE_TIMEOUT)
             if not hello or not hello.get("ready"):
                 raise SandboxError(f"the warm pytest server did not start: {self.log_tail()}")
@@ -150,16 +187,24 @@ class _Server:
         self.proc.stdin.write(json.dumps(message).encode() + b"\n")
         self.proc.stdin.flush()
 
-    def read_message(self, deadline: float) -> dict[str, Any] | None:
-        """The next JSON line from the server; None on EOF or when the deadline passes."""
+    def read_message(self, deadline: float, *, watch: bool = False) -> dict[str, Any] | None:
+        """The next JSON line from the server; None on EOF or when the deadline passes, or
+        (with `watch`) when the sandbox went over its memory limit: `over_memory` says so."""
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         with selectors.DefaultSelector() as sel:
             sel.register(fd, selectors.EVENT_READ)
             while b"\n" not in self._buffer:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not sel.select(remaining):
+                if remaining <= 0:
                     return None
+                if watch and self.memory is not None:
+                    if self.memory.poll():
+                        self.over_memory = True
+                        return None
+                    remaining = min(remaining, MEMORY_POLL_SECONDS)
+                if not sel.select(remaining):
+                    continue
                 data = os.read(fd, 1 << 20)
                 if not data:
                     return None
@@ -172,12 +217,12 @@ class _Server:
         return message if isinstance(message, dict) else None
 
     def reset(self) -> None:
-        """Empty the workdir and the report dir (the same dirs serve every run)."""
-        for path in (self.work, self.out):
-            # The code under test owns these dirs and may have changed their mode.
-            os.chmod(path, 0o700)
-            if self.chown_to is not None:
-                os.chown(path, self.chown_to, self.chown_to)
+        """Empty the staging dir and the report dir (the same dirs serve every run). The
+        sandbox can write neither (as root), so the host alone decides what is in them;
+        the server empties the tmpfs mounts itself."""
+        for path in (self.stage, self.out):
+            # Without root the report dir is the run's own: it may have changed its mode.
+            os.chmod(path, 0o755 if path == self.stage else 0o711)
             for entry in path.iterdir():
                 if entry.is_dir() and not entry.is_symlink():
                     remove_tree(entry)
@@ -205,6 +250,8 @@ class _Server:
             os.close(self._status_r)
         if self.run_dir is not None:
             self.run_dir.remove()
+        if self.memory is not None:
+            self.memory.close()
         if self.lease is not None:
             self.lease.release()
             self.lease = None
@@ -226,6 +273,8 @@ class WarmLocalSandbox:
         python: str | None = None,
         temp_root: str | None = None,
         host_grace: float = HOST_GRACE,
+        pytest_config: PytestConfig | str | None = None,
+        cgroup_parent: str | None = None,
     ) -> None:
         """Arguments as for LocalSandbox; `host_grace` is how long past the wall timeout
         the host waits for the server's answer before it replaces a hung server."""
@@ -233,7 +282,10 @@ class WarmLocalSandbox:
         self.host = HostSetup.detect(bwrap=bwrap, python=python)
         self.temp_root = temp_root
         self.host_grace = host_grace
+        self.pytest_config = as_config(pytest_config)
+        self.memory_rule = MemoryRule.detect(cgroup_parent)
         sweep_stale_dirs(temp_root)
+        sweep_stale_cgroups(self.memory_rule)
         self._lock = threading.Lock()
         # The running server lives in a one-slot list that a finalizer also holds, so a
         # sandbox dropped without close() still stops its server (at GC or at exit).
@@ -251,9 +303,15 @@ class WarmLocalSandbox:
     def _server(self) -> _Server | None:
         return self._slot[0]
 
-    def check(self) -> None:
-        """Probe the sandbox once (cached per process); raise SandboxUnavailable if broken."""
-        probe(self.host, self.temp_root)
+    def check(self) -> ProbeResult:
+        """Probe the sandbox once (cached per process); raise SandboxUnavailable if broken.
+        The result also says which rules hold a run's memory and disk here."""
+        result = probe(self.host, self.temp_root)
+        return replace(
+            result,
+            memory=self.memory_rule.describe(self.limits),
+            disk=describe_disk(self.host, self.limits),
+        )
 
     def _ensure_server(self) -> _Server:
         if self._server is not None and not self._server.alive():
@@ -285,29 +343,38 @@ class WarmLocalSandbox:
                 raise SandboxError("the warm pytest server did not answer")
             return list(reply["modules"])
 
-    def run_tests(self, workspace: Workspace) -> TestResult:
+    def run_tests(
+        self, workspace: Workspace, *, pytest_config: PytestConfig | str | None = None
+    ) -> TestResult:
+        config = as_config(pytest_config, self.pytest_config)
         with self._lock:
             try:
                 server = self._ensure_server()
             except SandboxError as exc:
                 return TestResult(exit_code=1, sandbox_error=str(exc))
-            return self._run(server, workspace)
+            return self._run(server, workspace, config)
 
-    def _run(self, server: _Server, workspace: Workspace) -> TestResult:
+    def _run(self, server: _Server, workspace: Workspace, config: PytestConfig) -> TestResult:
         limits = self.limits
         run_id = uuid.uuid4().hex
         started = time.monotonic()
+        command = run_command(self.host.python, config)
         try:
             server.reset()
-            write_workspace(server.work, workspace, server.chown_to)
+            write_workspace(server.stage, workspace)
+            write_config(server.cfg, config)
+            report_host, report_inside = new_report_file(server.out, server.chown_to)
             shadowing = workspace_module_names(workspace) & server.preloaded
             request = {
                 "id": run_id,
                 "dir": IN_WORK,
+                "stage": IN_STAGE,
                 "timeout": limits.wall_seconds,
                 "cap": limits.output_cap,
-                "args": pytest_options(),
-                "exec": pytest_args(self.host.python) if shadowing else None,
+                "args": command[command.index("pytest") + 1 :],
+                "exec": command if shadowing else None,
+                # The report's path goes to this run's child alone.
+                "path_env": {REPORT_ENV: report_inside},
                 "rlimits": {
                     "RLIMIT_AS": limits.memory_bytes,
                     "RLIMIT_CPU": limits.cpu_seconds,
@@ -318,31 +385,57 @@ class WarmLocalSandbox:
                     "RLIMIT_CORE": 0,
                 },
             }
+            assert server.memory is not None
+            server.memory.mark()
             try:
                 server.send(request)
             except OSError:
                 reply = None
             else:
-                reply = server.read_message(started + limits.wall_seconds + self.host_grace)
+                reply = server.read_message(
+                    started + limits.wall_seconds + self.host_grace, watch=True
+                )
             duration = time.monotonic() - started
+            if server.over_memory:
+                return self._over_memory(server, duration, command)
             if reply is None or reply.get("id") != run_id:
                 return self._server_failed(server, duration)
             capture = HeadTail(limits.output_cap)
             capture.head = bytearray(base64.b64decode(reply["head"]))
             capture.tail = bytearray(base64.b64decode(reply["tail"]))
             capture.total = int(reply["total"])
-            return build_result(
+            result = build_result(
                 exit_code=int(reply["exit_code"]),
-                report_json=read_report(server.out / "report.json", owner=server.owner),
+                report_json=read_report(report_host, owner=server.owner),
                 capture=capture,
                 duration=duration,
                 timed_out=bool(reply["timed_out"]),
                 cap=limits.output_cap,
                 extra={"mode": "exec" if shadowing else "fork"},
+                command=command_line(command),
             )
+            if server.memory.exceeded():  # the kernel's verdict, with a cgroup
+                result = over_memory(result, server.memory.note())
+            return result
         finally:
             if self._server is server:
                 server.reset()
+
+    def _over_memory(self, server: _Server, duration: float, command: list[str]) -> TestResult:
+        """The watchdog saw the sandbox go over its memory limit mid-run: the whole
+        server goes (the run's processes with it), the next run starts a new one."""
+        assert server.memory is not None
+        note = server.memory.note()
+        self._drop_server()
+        self.restarts += 1
+        result = TestResult(
+            exit_code=137,
+            errors=1,
+            failing=("<pytest did not finish>",),
+            duration=duration,
+            command=command_line(command),
+        )
+        return over_memory(result, note)
 
     def _server_failed(self, server: _Server, duration: float) -> TestResult:
         """The server died or hung mid-run (the code under test can kill it): replace it."""

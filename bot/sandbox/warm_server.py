@@ -12,7 +12,11 @@ the host asks for `exec` and the child runs a fresh interpreter instead.
 self-contained (its imports live inside it) and needs only the stdlib and pytest.
 
 * `contained=True` (the local bubblewrap runner): the server is alone in its sandbox, so
-  after each run it kills every other process there and wipes /tmp, /dev/shm and SysV IPC.
+  after each run it kills every other process there and wipes /tmp, /dev/shm, its working
+  directory (/workspace), SysV IPC objects and POSIX message queues. A fresh IPC namespace
+  per run is not to be had: making one needs CAP_SYS_ADMIN, which the run's uid lacks (and
+  the user namespace that would grant it is what seccomp forbids), so the server removes
+  every object instead; it shares the run's uid, so modes (a dir made 000) do not stop it.
 * `contained=False` (E2B): the server shares the machine with envd and other processes of
   its uid. It kills only its own descendants (as their subreaper, it inherits every orphan
   of a run), leaves shared directories alone, and each child arms a watchdog that kills the
@@ -20,12 +24,16 @@ self-contained (its imports live inside it) and needs only the stdlib and pytest
   process through envd does not kill its descendants).
 
 Protocol. Hello: `{"ready": true, "modules": [top-level names], "executable": path}`.
-Request: `{"id", "dir", "timeout", "cap", "args", "exec", "rlimits"?, "path_env"?}`; `dir`
-is relative to the server's start directory (or absolute); `path_env` maps environment
-variables to paths relative to the run directory, and a `PYTHONPATH` there also goes onto
-`sys.path`, as at interpreter start-up. Reply: `{"id", "exit_code", "signal", "timed_out",
-"head", "tail", "total"}` (head and tail base64). `{"cmd": "modules"}` answers with every
-module the server holds.
+Request: `{"id", "dir", "timeout", "cap", "args", "exec", "rlimits"?, "path_env"?,
+"stage"?}`; `dir` is relative to the server's start directory (or absolute); `stage` is a
+directory whose contents the child copies into `dir` first (after its rlimits are set);
+`path_env` maps environment variables to paths relative to the run directory (a report
+path, say: it is set in the child only, never in the server's own environment), and a
+`PYTHONPATH` there replaces the server's own on `sys.path`, as at interpreter start-up.
+The server runs under `python -P -s`, and its children do not put their working directory
+on sys.path: exactly what a cold `python -P -s -m pytest` does. Reply: `{"id",
+"exit_code", "signal", "timed_out", "head", "tail", "total"}` (head and tail base64).
+`{"cmd": "modules"}` answers with every module the server holds.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ def serve(contained: bool = True) -> None:  # pragma: no cover - runs inside the
     import select
     import shutil
     import signal
+    import stat
     import sys
     import threading
     import time
@@ -69,24 +78,75 @@ def serve(contained: bool = True) -> None:  # pragma: no cover - runs inside the
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)  # pytest's warm-up output must not reach the protocol pipe
     base_dir = os.getcwd()
+    # What a child's sys.path is built from: ours without our own PYTHONPATH entries, which
+    # a run's `path_env` PYTHONPATH replaces.
+    startup_pythonpath = {
+        os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p
+    }
+    base_sys_path = [p for p in sys.path if os.path.abspath(p) not in startup_pythonpath]
 
     def send(message: dict) -> None:
         proto_out.write(json.dumps(message).encode() + b"\n")
         proto_out.flush()
 
+    def empty_dir(top: str, mode: int) -> None:
+        """Remove everything inside `top`, however deep, whatever the modes the run set
+        (it has our uid), never crossing into another mount (a bind below /tmp)."""
+        try:
+            root = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return
+        device = os.fstat(root).st_dev
+        with contextlib.suppress(OSError):
+            if os.fstat(root).st_uid == os.getuid():
+                os.fchmod(root, mode)  # the run could have made it unreadable
+        # Depth-first by file descriptor: no path grows past PATH_MAX, no recursion limit.
+        frames: list = [[root, None, None, None]]  # fd, parent fd, name, subdirs left
+        while frames:
+            frame = frames[-1]
+            fd = frame[0]
+            if frame[3] is None:
+                subdirs = []
+                with contextlib.suppress(OSError), os.scandir(fd) as entries:
+                    for entry in entries:
+                        with contextlib.suppress(OSError):
+                            st = os.stat(entry.name, dir_fd=fd, follow_symlinks=False)
+                            if not stat.S_ISDIR(st.st_mode):
+                                os.unlink(entry.name, dir_fd=fd)
+                            elif st.st_dev == device:
+                                subdirs.append(entry.name)
+                frame[3] = subdirs
+            if frame[3]:
+                name = frame[3].pop()
+                with contextlib.suppress(OSError):
+                    os.chmod(name, 0o700, dir_fd=fd, follow_symlinks=False)
+                try:
+                    child_fd = os.open(
+                        name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd
+                    )
+                except OSError:
+                    continue
+                frames.append([child_fd, fd, name, None])
+                continue
+            frames.pop()
+            os.close(fd)
+            if frame[1] is not None:
+                with contextlib.suppress(OSError):
+                    os.rmdir(frame[2], dir_fd=frame[1])
+
     def scrub() -> None:
-        """Remove what a run can leave in the sandbox: /tmp, /dev/shm and SysV IPC objects
-        (the server's IPC namespace outlives runs; a cold run's does not)."""
+        """Remove what a run can leave in the sandbox: /tmp, /dev/shm, the workdir, SysV
+        IPC objects and POSIX message queues (the server's IPC namespace outlives runs; a
+        cold run's does not)."""
         if not contained:
             return  # shared with other processes: not ours to wipe
-        for path in ("/tmp", "/dev/shm"):
-            with os.scandir(path) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.path)
+        for path, mode in (("/tmp", 0o1777), ("/dev/shm", 0o1777), (base_dir, 0o777)):
+            empty_dir(path, mode)
+        # bwrap mounts the namespace's mqueue fs here: the only way to list the queues.
+        with contextlib.suppress(OSError):
+            for name in os.listdir("/dev/mqueue"):
+                with contextlib.suppress(OSError):
+                    os.unlink(f"/dev/mqueue/{name}")
         ipc_rmid = 0
         removers = {
             "shm": lambda ident: libc.shmctl(ident, ipc_rmid, None),
@@ -236,6 +296,13 @@ def serve(contained: bool = True) -> None:  # pragma: no cover - runs inside the
             limit = getattr(resource, name)
             resource.setrlimit(limit, (value, value))
         os.chdir(os.path.join(base_dir, request["dir"]))
+        if request.get("stage"):
+            try:
+                copy_in(os.path.join(base_dir, request["stage"]), ".")
+            except OSError as exc:
+                # What the cold runner's `cp` says when the workspace does not fit.
+                print(f"tdd: cannot copy the workspace in: {exc}", file=sys.stderr)
+                os._exit(1)
         path_env = request.get("path_env") or {}
         for name, value in path_env.items():
             os.environ[name] = os.pathsep.join(
@@ -244,9 +311,8 @@ def serve(contained: bool = True) -> None:  # pragma: no cover - runs inside the
         if request.get("exec"):
             os.execv(request["exec"][0], request["exec"])
         sys.stdin = open(os.devnull)  # noqa: SIM115 - lives until os._exit
-        sys.path[0] = os.getcwd()  # what `python -m` puts first
         if "PYTHONPATH" in path_env:
-            sys.path[1:1] = os.environ["PYTHONPATH"].split(os.pathsep)
+            sys.path[:] = [*os.environ["PYTHONPATH"].split(os.pathsep), *base_sys_path]
         sys.argv = ["-m", *request["args"]]
         importlib.invalidate_caches()
         random.seed()
@@ -277,6 +343,15 @@ def serve(contained: bool = True) -> None:  # pragma: no cover - runs inside the
                 with contextlib.suppress(OSError):
                     stream.flush()
             os._exit(code & 0xFF)
+
+    def copy_in(stage: str, dest: str) -> None:
+        """The staged workspace into `dest`, as `cp -R stage/. dest` does for cold runs."""
+        for dirpath, _dirnames, filenames in os.walk(stage):
+            target = os.path.normpath(os.path.join(dest, os.path.relpath(dirpath, stage)))
+            if target != os.path.normpath(dest):
+                os.mkdir(target, 0o755)
+            for name in filenames:
+                shutil.copyfile(os.path.join(dirpath, name), os.path.join(target, name))
 
     def run(request: dict) -> dict:
         read_end, write_end = os.pipe()
