@@ -16,6 +16,7 @@ from urllib.parse import quote, unquote
 from bot.agent.loop import Budget, Iteration, Outcome, OutcomeKind, score
 from bot.sandbox.base import TestResult
 from bot.text import clip, cut
+from bot.verdict import proof_rows, render_proof
 
 GITHUB_BODY_LIMIT = 65_536  # issue comments and PR bodies
 CHECK_RUN_TEXT_LIMIT = 65_535  # check run output summary and text, each
@@ -351,6 +352,8 @@ def _outcome_words(outcome: Outcome) -> str:
         OutcomeKind.BUDGET_EXHAUSTED: "budget exhausted",
         OutcomeKind.GAVE_UP: "the model gave up",
         OutcomeKind.ERROR: "error",
+        OutcomeKind.NOTHING_TO_DO: "nothing to do: the tests already passed",
+        OutcomeKind.UNTRUSTED: "not verified",
     }[outcome.kind]
 
 
@@ -396,6 +399,7 @@ def render_pr_body(
     table = "## Iterations\n\n" + (
         _table(outcome.iterations, changes=True) if outcome.iterations else "No iterations ran."
     )
+    proof = render_outcome_proof(outcome)
     numbers, summaries, logs = _log_entries(outcome.iterations)
 
     def render(current: list[str], clipped: list[int]) -> str:
@@ -404,7 +408,10 @@ def render_pr_body(
             parts.append(
                 _clipped_note(clipped, "GitHub's size limit; the full logs are in the check run.")
             )
-        parts += [summary, table]
+        parts.append(summary)
+        if proof:
+            parts.append("## Proof: red → green\n\n" + proof)
+        parts.append(table)
         if current:
             parts.append("## Test output")
             parts += [_details(s, _fenced(log)) for s, log in zip(summaries, current, strict=True)]
@@ -414,6 +421,26 @@ def render_pr_body(
 
 
 # --- the check run ------------------------------------------------------------------------
+
+
+def render_outcome_proof(outcome: Outcome) -> str:
+    """The verification's red → green table, or "" when no verification ran."""
+    proof = outcome.proof
+    if proof is None:
+        return ""
+    base = outcome.base.outcomes if outcome.base is not None else None
+    text = render_proof(
+        proof_rows(base, proof.verdict.outcomes),
+        command=proof.result.command,
+        python=proof.result.versions.get("python", "?"),
+        pytest=proof.result.versions.get("pytest", "?"),
+        exit_code=proof.result.exit_code,
+        hashes=proof.hashes,
+        unchanged=proof.unchanged,
+    )
+    if not proof.verdict.passed:
+        text = f"> [!CAUTION]\n> {_plain(proof.verdict.reason, 500)}\n\n{text}"
+    return text
 
 
 def render_check_run(*, outcome: Outcome) -> dict[str, str]:
@@ -428,6 +455,7 @@ def render_check_run(*, outcome: Outcome) -> dict[str, str]:
             f"**{title}** — {_plain(outcome.reason)}",
             f"{len(outcome.iterations)} iterations · {outcome.tokens:,} tokens · "
             f"{_duration(outcome.elapsed)}",
+            render_outcome_proof(outcome),
             _table(outcome.iterations, changes=True) if outcome.iterations else "",
         ]
     ).strip()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
+from typing import Any
 
 import redis
 
@@ -16,7 +18,8 @@ from bot.agent.steps import JournaledSteps
 from bot.agent.tools import EditRules
 from bot.errors import JournalMismatch, LeaseLost
 from bot.journal import RunJournal, digest
-from bot.sandbox.base import RemoteSandbox, Sandbox
+from bot.sandbox.base import RemoteSandbox, Sandbox, TestResult
+from bot.verdict import Proof, judge, plant_canaries, static_test_counts, test_hashes
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,15 @@ def execute(
     model: ModelClient,
     sandbox: Sandbox,
     config: RunConfig,
+    verifier: Callable[[], Sandbox] | None = None,
     reporter: Reporter | None = None,
     on_wait: Callable[[float], None] | None = None,
     on_resume: Callable[[int], None] | None = None,
 ) -> Outcome:
-    """Run (or resume) `request` to its outcome, recording every step in the journal."""
+    """Run (or resume) `request` to its outcome, recording every step in the journal.
+
+    A green loop is confirmed by a verification run in a fresh sandbox from `verifier`
+    (none: trusted as is, for tests of the loop alone)."""
     journal = RunJournal(client, request.run_id, lease_seconds=config.lease_seconds)
     task_digest = digest(request.task.to_dict())
     journal.acquire(on_wait=on_wait)
@@ -102,6 +109,8 @@ def execute(
                 initial_files=request.initial_files,
                 rules=edit_rules(request.task, config, request.initial_files),
             )
+            if outcome.passed and verifier is not None:
+                outcome = verified(outcome, request, journal, verifier)
         except LeaseLost:
             raise
         except Exception as exc:
@@ -121,6 +130,52 @@ def execute(
         journal.release()
 
 
+def verified(
+    outcome: Outcome, request: RunRequest, journal: RunJournal, verifier: Callable[[], Sandbox]
+) -> Outcome:
+    """Run the tests again in a fresh sandbox, with canaries the model never saw, and keep
+    the pass only if that run's report can be trusted and every test passes in it.
+
+    The canary token is drawn once per run and kept in the journal (never in the prompt or
+    the workspace until this run), so a resumed run replays the same verification step.
+    """
+    token = journal.get_meta("canary_token")
+    if token is None:
+        token = secrets.token_hex(12)
+        journal.set_meta(canary_token=token)
+    tests = request.task.tests
+    planted, canaries = plant_canaries(tests, token=token)
+    workspace = {**(request.task.context_files or {}), **outcome.files, **planted}
+
+    def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        sandbox = verifier()
+        try:
+            result = sandbox.run_tests(workspace)
+        finally:
+            sandbox.close()
+        return result.to_dict(), {"summary": result.summary(), "files": len(workspace)}
+
+    step = journal.step("verify", {"workspace": workspace}, run)
+    result = TestResult.from_dict(step.output)
+    verdict = judge(
+        result.outcomes,
+        canaries=canaries,
+        minimum=static_test_counts(tests),
+        exit_code=result.exit_code,
+        collected=result.collected,
+    )
+    hashes = test_hashes(tests)
+    # What ran is what the task holds: the planted files differ only by the appended canaries.
+    unchanged = all(planted[p].startswith(tests[p]) for p in tests)
+    proof = Proof(verdict=verdict, result=result, hashes=hashes, unchanged=unchanged)
+    if verdict.passed and unchanged:
+        return replace(outcome, proof=proof)
+    reason = verdict.reason if not verdict.passed else "the test files changed during the run"
+    if verdict.trusted and not verdict.passed:
+        reason = f"the verification run did not pass: {reason}"
+    return replace(outcome, kind=OutcomeKind.UNTRUSTED, reason=reason, proof=proof)
+
+
 @dataclass
 class Executor:
     """Runs requests under their journal: this process's model, a fresh sandbox per run."""
@@ -129,6 +184,8 @@ class Executor:
     model: ModelClient
     new_sandbox: Callable[[], Sandbox]
     config: RunConfig
+    # A fresh, cold sandbox per verification: nothing of the loop's runs carries over.
+    new_verifier: Callable[[], Sandbox] | None = None
 
     @property
     def budget(self) -> Budget:
@@ -150,6 +207,7 @@ class Executor:
                 model=self.model,
                 sandbox=sandbox,
                 config=self.config,
+                verifier=self.new_verifier,
                 reporter=reporter,
                 on_wait=on_wait,
                 on_resume=on_resume,

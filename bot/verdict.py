@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from bot.sandbox.base import TestResult
+
 CANARY_PREFIX = "test_tdd_canary_"
 OUTCOMES = frozenset({"passed", "failed", "error", "skipped"})
 NOT_TRUSTWORTHY = "the test report was not trustworthy"
@@ -80,7 +82,7 @@ def canary_names(token: str) -> tuple[str, str]:
 
 
 def plant_canaries(tests: dict[str, str], *, token: str) -> tuple[dict[str, str], Canaries]:
-    """Append the two canary tests to every Python test file, leaving every line in place.
+    """Append the two canary tests to every test module, leaving every line in place.
 
     `token` is random hex the caller draws per run, e.g. secrets.token_hex(16)."""
     fail_name, pass_name = canary_names(token)
@@ -93,7 +95,9 @@ def plant_canaries(tests: dict[str, str], *, token: str) -> tuple[dict[str, str]
     must_fail: list[str] = []
     must_pass: list[str] = []
     for path, source in tests.items():
-        if not path.endswith(".py"):
+        name = PurePosixPath(path).name
+        # Only modules pytest collects: a canary in conftest.py would never run.
+        if not (name.startswith("test_") or name.endswith("_test.py")) or not name.endswith(".py"):
             planted[path] = source
             continue
         separator = "" if not source or source.endswith("\n") else "\n"
@@ -195,6 +199,16 @@ class Verdict:
     passed: bool
     reason: str
     outcomes: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Proof:
+    """A verification run and what it proves, for the PR and the check run."""
+
+    verdict: Verdict
+    result: TestResult  # the verification run: command, versions, exit status
+    hashes: dict[str, str] = field(default_factory=dict, hash=False)
+    unchanged: bool = True
 
 
 def _untrusted(why: str, outcomes: dict[str, str]) -> Verdict:

@@ -116,8 +116,9 @@ def sandbox_backend(settings: Settings) -> str:
     return settings.sandbox
 
 
-def sandbox(settings: Settings) -> Sandbox:
-    """A new sandbox for one run (the caller closes it)."""
+def sandbox(settings: Settings, *, warm: bool | None = None) -> Sandbox:
+    """A new sandbox for one run (the caller closes it); `warm` overrides WARM_RUNNER."""
+    warm = settings.warm_runner if warm is None else warm
     if sandbox_backend(settings) == "e2b":
         if settings.e2b_api_key is None or not settings.e2b_api_key.get_secret_value():
             raise ConfigError(
@@ -132,12 +133,12 @@ def sandbox(settings: Settings) -> Sandbox:
             # The sandbox never outlives the run by much, even if we die.
             sandbox_timeout=int(run_deadline(settings)),
             test_timeout=settings.test_timeout,
-            warm=settings.warm_runner,
+            warm=warm,
         )
     from bot.sandbox.jail import SandboxLimits
 
     limits = SandboxLimits(wall_seconds=settings.test_timeout)
-    if settings.warm_runner:
+    if warm:
         from bot.sandbox.warm import WarmLocalSandbox
 
         return WarmLocalSandbox(limits=limits)
@@ -161,6 +162,8 @@ def executor(settings: Settings, client: redis.Redis) -> Executor:
         model=model_client(settings),
         new_sandbox=lambda: sandbox(settings),
         config=run_config(settings),
+        # Cold on purpose: a fresh process tree that no earlier run of the loop touched.
+        new_verifier=lambda: sandbox(settings, warm=False),
     )
 
 

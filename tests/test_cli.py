@@ -140,10 +140,11 @@ def test_embedded_redis_keeps_the_journal_across_invocations(tmp_path, fake, cap
     try:
         assert main(argv, environ=environ) == 0
         assert len(fake.requests) == 1
-        # The same run again: everything replays from the embedded Redis, no model call.
+        # The same run again: every step (red run, model, tests, verification) replays
+        # from the embedded Redis, no model call.
         assert main(argv, environ=environ) == 0
         assert len(fake.requests) == 1
-        assert "resuming embedded-1: 3 recorded steps replay" in capsys.readouterr().err
+        assert "resuming embedded-1: 4 recorded steps replay" in capsys.readouterr().err
         assert (tmp_path / "data" / "appendonly.aof").exists()
     finally:
         pid_file = tmp_path / "data" / "redis.pid"

@@ -104,6 +104,7 @@ def test_killed_mid_sandbox_step_resumes_without_repeating_finished_turns(
             (3, "sandbox", "done", 1),
             (4, "model", "done", 1),
             (5, "sandbox", "done", 2),  # the interrupted step, and only it, ran again
+            (6, "verify", "done", 1),  # the fresh-sandbox verification with canaries
         ]
         assert steps[4].output["passed"] == 2
         assert (tmp_path / "out" / "calc.py").read_text() == RIGHT
@@ -134,6 +135,7 @@ def test_a_stale_lease_holder_is_fenced_off(
             (3, "done"),
             (4, "done"),
             (5, "done"),
+            (6, "done"),
         ]
         assert steps[2].attempt == 2, "the new owner re-ran the step the frozen one had in flight"
         assert len(fake.requests) == 2

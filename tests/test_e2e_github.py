@@ -418,6 +418,7 @@ def test_a_worker_killed_mid_run_resumes_from_the_journal(stack: Stack) -> None:
         ("sandbox", 1),
         ("model", 1),
         ("sandbox", 2),
+        ("verify", 1),
     ]
     (pr,) = stack.github.pulls(REPO)
     assert "Closes #3" in pr["body"]
@@ -472,3 +473,92 @@ def test_a_retry_that_fails_for_good_is_reported_on_the_pull_request(stack: Stac
     replies = [c["body"] for c in stack.github.comments(REPO, pr["number"])]
     assert len([b for b in replies if "stopped without a result" in b]) == 1
     assert "comment `/retry`" in next(b for b in replies if "stopped without a result" in b)
+
+
+# -- a green that can be trusted ---------------------------------------------------------
+
+
+def test_the_pr_proves_red_to_green_and_commits_the_issues_tests(stack: Stack) -> None:
+    stack.groq.script(write(GOOD))
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    (pr,) = stack.github.pulls(REPO)
+    body = pr["body"]
+    assert pr["draft"] is False
+    proof = body[body.index("## Proof: red → green") :]
+    # Both tests were red at base (calc.py did not exist) and are green at head.
+    assert "tests/test_calc.py::test_add" in proof and "tests/test_calc.py::test_sub" in proof
+    assert "-m pytest" in proof and "sha256" in proof.lower()
+    (check,) = stack.github.check_runs(REPO)
+    assert (
+        check["conclusion"] == "success"
+        and "tests/test_calc.py::test_add" in check["output"]["summary"]
+    )
+    files = stack.github.files_at(REPO, "agent-tdd/issue-1")
+    assert (
+        "def test_add" in files["tests/test_calc.py"]
+        and "canary" not in files["tests/test_calc.py"]
+    )
+
+
+def test_tests_already_green_at_base_end_as_nothing_to_do(stack: Stack) -> None:
+    stack.github.add_repo(REPO + "-done", files={"calc.py": GOOD})
+    stack.github.add_issue(
+        REPO + "-done", number=1, title="Already done", body=ISSUE_BODY, user="alice"
+    )
+    stack.github.set_permission(REPO + "-done", "alice", "write")
+    payload = labeled_payload(1)
+    payload["repository"]["name"] = "demo-done"
+    payload["repository"]["full_name"] = REPO + "-done"
+    stack.deliver("issues", payload)
+    stack.work()
+    assert stack.groq.requests == [], "no model call when every test already passes"
+    assert stack.github.pulls(REPO + "-done") == []
+    (comment,) = [
+        c for c in stack.github.comments(REPO + "-done", 1) if "tdd-agent:progress" in c["body"]
+    ]
+    assert "already passes at the base commit" in comment["body"]
+
+
+@pytest.mark.parametrize(
+    ("attack", "why"),
+    [
+        (
+            [
+                g.tool_call(
+                    "write_file",
+                    {"path": "pytest.ini", "content": "[pytest]\naddopts = -k add\n"},
+                ),
+            ],
+            "pytest.ini",
+        ),
+        (
+            [
+                g.tool_call(
+                    "write_file",
+                    {
+                        "path": "calc.py",
+                        "content": "import atexit, os\natexit.register(lambda: os._exit(0))\n"
+                        + HALF,
+                    },
+                ),
+            ],
+            "atexit",
+        ),
+    ],
+    ids=["pytest-ini-deselects", "atexit-exit-0"],
+)
+def test_attacks_on_the_verdict_never_make_a_ready_pr(
+    stack: Stack, attack: list[g.Reply], why: str
+) -> None:
+    finish = g.tool_call("finish", {"summary": "done"})
+    stack.groq.script(*attack, write(HALF), finish, finish, finish)
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    for pr in stack.github.pulls(REPO):
+        assert pr["draft"] is True and "Closes #1" not in pr["body"]
+    assert all(c["conclusion"] != "success" for c in stack.github.check_runs(REPO))
+    files = stack.github.files_at(REPO, "agent-tdd/issue-1")
+    assert "pytest.ini" not in files and "atexit" not in files.get("calc.py", "")
+    refusal = stack.groq.requests[1].messages[-1]["content"]
+    assert why in refusal

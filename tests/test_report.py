@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from markdown_it import MarkdownIt
 
@@ -27,6 +28,7 @@ from bot.report import (
     retry_started_message,
 )
 from bot.sandbox.base import TestResult
+from bot.verdict import Proof, Verdict
 
 BUDGET = Budget(max_iterations=8, max_total_tokens=200_000)
 RUN = "issue-octo-roman-12-5f1c2a"
@@ -422,3 +424,67 @@ def test_short_messages() -> None:
     problem = issue_problem_message("Target `x` is a test file.", "agent:tdd")
     assert "Target `x` is a test file." in problem
     assert "`agent:tdd`" in problem
+
+
+def proved(kind: OutcomeKind, verdict: Verdict) -> Outcome:
+    base = TestResult(
+        exit_code=1,
+        failed=1,
+        errors=1,
+        outcomes={
+            "tests/test_roman.py::test_four": "failed",
+            "tests/test_roman.py::test_one": "passed",
+        },
+    )
+    verification = TestResult(
+        exit_code=1,
+        passed=2,
+        command="python -P -m pytest -c /run/tdd/lib/pytest.ini tests/test_roman.py",
+        versions={"python": "3.11.7", "pytest": "8.4.1"},
+    )
+    proof = Proof(verdict=verdict, result=verification, hashes={"tests/test_roman.py": "ab" * 32})
+    return replace(passing_run(), kind=kind, base=base, proof=proof)
+
+
+def test_the_pr_and_the_check_run_show_the_red_to_green_proof() -> None:
+    verdict = Verdict(
+        True,
+        True,
+        "all 2 tests passed",
+        {"tests/test_roman.py::test_four": "passed", "tests/test_roman.py::test_one": "passed"},
+    )
+    run = proved(OutcomeKind.PASSED, verdict)
+    body = render_pr_body(
+        issue_number=7, run_id="r-1", outcome=run, budget=Budget(), title="Roman numerals"
+    )
+    proof = body[body.index("## Proof: red → green") : body.index("## Iterations")]
+    assert "tests/test_roman.py::test_four" in proof and "tests/test_roman.py::test_one" in proof
+    assert "python -P -m pytest" in proof and "3.11.7" in proof and "8.4.1" in proof
+    assert "ab" * 32 in proof and "unchanged" in proof
+    assert "already" in proof  # test_one passed at base already
+    check = render_check_run(outcome=run)
+    assert "python -P -m pytest" in check["summary"] and check["conclusion"] == "success"
+
+
+def test_an_untrusted_run_says_why_and_never_looks_green() -> None:
+    verdict = Verdict(
+        False, False, "the test report was not trustworthy: the must-fail canary passed"
+    )
+    run = replace(proved(OutcomeKind.UNTRUSTED, verdict), reason=verdict.reason)
+    body = render_pr_body(issue_number=7, run_id="r-1", outcome=run, budget=Budget(), title="x")
+    assert "Closes #7" not in body and "The tests do not pass" in body
+    assert "not trustworthy: the must-fail canary passed" in body
+    assert render_check_run(outcome=run)["conclusion"] == "failure"
+    progress = render_progress(
+        run_id="r-1",
+        iterations=run.iterations,
+        budget=Budget(),
+        status="untrusted",
+        detail=run.reason,
+    )
+    assert "Not verified" in progress and "not trustworthy" in progress
+
+
+def test_nothing_to_do_progress_says_no_model_was_asked() -> None:
+    text = render_progress(run_id="r", iterations=[], budget=Budget(), status="nothing_to_do")
+    assert "already passes at the base commit" in text and "no model was asked" in text

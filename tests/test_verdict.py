@@ -521,3 +521,10 @@ def test_judge_agrees_with_a_real_pytest_run(
         ran = {f: sum(1 for n in v.outcomes if n.startswith(f + "::")) for f in minimum}
         assert all(ran[f] >= least for f, least in minimum.items())
     assert all(not re.search(TOKEN, n) for n in v.outcomes)
+
+
+def test_canaries_go_only_into_modules_pytest_collects() -> None:
+    tests = {"conftest.py": "import pytest\n", "tests/test_a.py": "def test_a():\n    pass\n"}
+    planted, canaries = plant_canaries(tests, token="ab" * 8)
+    assert planted["conftest.py"] == tests["conftest.py"]
+    assert all(n.startswith("tests/test_a.py::") for n in canaries.nodeids)

@@ -19,6 +19,7 @@ from bot.agent.steps import Timed
 from bot.agent.tools import EditRules, InvalidCall, Tool, Toolbox, ToolCall, apply_edit
 from bot.journal import digest
 from bot.sandbox.base import TestResult, Workspace
+from bot.verdict import Proof
 
 MAX_SHRINK = 3
 
@@ -85,6 +86,7 @@ class Outcome:
     tokens: int
     elapsed: float
     base: TestResult | None = None  # the tests at the base commit, before any model turn
+    proof: Proof | None = None  # the verification run that confirmed (or refuted) a pass
 
     @property
     def passed(self) -> bool:
