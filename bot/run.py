@@ -19,6 +19,7 @@ from bot.agent.tools import EditRules
 from bot.errors import JournalMismatch, LeaseLost
 from bot.journal import RunJournal, digest
 from bot.sandbox.base import RemoteSandbox, Sandbox, TestResult
+from bot.sandbox.pytest_run import PytestConfig
 from bot.verdict import Proof, judge, plant_canaries, static_test_counts, test_hashes
 
 
@@ -48,6 +49,8 @@ class RunRequest:
     task: Task
     source: str = "cli"
     initial_files: dict[str, str] | None = None
+    # The repository's pytest configuration at the base commit (None: an empty one).
+    pytest_config: PytestConfig | None = None
 
 
 def execute(
@@ -182,10 +185,10 @@ class Executor:
 
     redis: redis.Redis
     model: ModelClient
-    new_sandbox: Callable[[], Sandbox]
+    new_sandbox: Callable[[PytestConfig | None], Sandbox]
     config: RunConfig
     # A fresh, cold sandbox per verification: nothing of the loop's runs carries over.
-    new_verifier: Callable[[], Sandbox] | None = None
+    new_verifier: Callable[[PytestConfig | None], Sandbox] | None = None
 
     @property
     def budget(self) -> Budget:
@@ -199,7 +202,11 @@ class Executor:
         on_wait: Callable[[float], None] | None = None,
         on_resume: Callable[[int], None] | None = None,
     ) -> Outcome:
-        sandbox = self.new_sandbox()
+        sandbox = self.new_sandbox(request.pytest_config)
+        new_verifier = self.new_verifier
+        verifier = (
+            (lambda: new_verifier(request.pytest_config)) if new_verifier is not None else None
+        )
         try:
             return execute(
                 request,
@@ -207,7 +214,7 @@ class Executor:
                 model=self.model,
                 sandbox=sandbox,
                 config=self.config,
-                verifier=self.new_verifier,
+                verifier=verifier,
                 reporter=reporter,
                 on_wait=on_wait,
                 on_resume=on_resume,

@@ -28,6 +28,7 @@ from bot.keys import issue_lock_key
 from bot.redis_server import connect, ensure_embedded_redis, reachable, redact
 from bot.run import Executor, RunConfig
 from bot.sandbox.base import Sandbox
+from bot.sandbox.pytest_run import PytestConfig
 
 # -- settings → domain values ------------------------------------------------------------------
 
@@ -116,7 +117,9 @@ def sandbox_backend(settings: Settings) -> str:
     return settings.sandbox
 
 
-def sandbox(settings: Settings, *, warm: bool | None = None) -> Sandbox:
+def sandbox(
+    settings: Settings, *, warm: bool | None = None, pytest_config: PytestConfig | None = None
+) -> Sandbox:
     """A new sandbox for one run (the caller closes it); `warm` overrides WARM_RUNNER."""
     warm = settings.warm_runner if warm is None else warm
     if sandbox_backend(settings) == "e2b":
@@ -134,6 +137,7 @@ def sandbox(settings: Settings, *, warm: bool | None = None) -> Sandbox:
             sandbox_timeout=int(run_deadline(settings)),
             test_timeout=settings.test_timeout,
             warm=warm,
+            pytest_config=pytest_config,
         )
     from bot.sandbox.jail import SandboxLimits
 
@@ -141,10 +145,10 @@ def sandbox(settings: Settings, *, warm: bool | None = None) -> Sandbox:
     if warm:
         from bot.sandbox.warm import WarmLocalSandbox
 
-        return WarmLocalSandbox(limits=limits)
+        return WarmLocalSandbox(limits=limits, pytest_config=pytest_config)
     from bot.sandbox.local import LocalSandbox
 
-    return LocalSandbox(limits=limits)
+    return LocalSandbox(limits=limits, pytest_config=pytest_config)
 
 
 def check_sandbox(settings: Settings) -> None:
@@ -160,10 +164,10 @@ def executor(settings: Settings, client: redis.Redis) -> Executor:
     return Executor(
         redis=client,
         model=model_client(settings),
-        new_sandbox=lambda: sandbox(settings),
+        new_sandbox=lambda config: sandbox(settings, pytest_config=config),
         config=run_config(settings),
         # Cold on purpose: a fresh process tree that no earlier run of the loop touched.
-        new_verifier=lambda: sandbox(settings, warm=False),
+        new_verifier=lambda config: sandbox(settings, warm=False, pytest_config=config),
     )
 
 

@@ -562,3 +562,25 @@ def test_attacks_on_the_verdict_never_make_a_ready_pr(
     assert "pytest.ini" not in files and "atexit" not in files.get("calc.py", "")
     refusal = stack.groq.requests[1].messages[-1]["content"]
     assert why in refusal
+
+
+def test_the_repositorys_pytest_config_is_used_but_its_addopts_cannot_pick_the_tests(
+    stack: Stack,
+) -> None:
+    # `-x -k add` would stop at the first failure and deselect test_sub: both steer the verdict.
+    stack.github.add_repo(
+        REPO + "-cfg", files={"pytest.ini": "[pytest]\naddopts = -x -k add\nmarkers = slow\n"}
+    )
+    stack.github.add_issue(REPO + "-cfg", number=1, title="calc", body=ISSUE_BODY, user="alice")
+    stack.github.set_permission(REPO + "-cfg", "alice", "write")
+    payload = labeled_payload(1)
+    payload["repository"]["name"] = "demo-cfg"
+    payload["repository"]["full_name"] = REPO + "-cfg"
+    stack.groq.script(write(HALF), write(GOOD))
+    stack.deliver("issues", payload)
+    stack.work()
+    (pr,) = stack.github.pulls(REPO + "-cfg")
+    assert pr["draft"] is False
+    assert "tests/test_calc.py::test_sub" in pr["body"], "test_sub ran despite -k add"
+    second_turn = stack.groq.requests[1].messages[-1]["content"]
+    assert "1 passed, 1 failed" in second_turn, "HALF fails test_sub: it was not deselected"

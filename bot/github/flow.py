@@ -20,6 +20,7 @@ from bot.github.api import Conclusion, RepoApi, message_of
 from bot.github.webhooks import Repo, RetryRun, StartRun
 from bot.issue import build_task, no_tests_message, parse_issue
 from bot.journal import Lease
+from bot.pytest_config import repository_pytest_config
 from bot.report import (
     CHECK_RUN_NAME,
     PROGRESS_MARKER,
@@ -208,6 +209,7 @@ def _solve_and_publish(
                 initial_files={task.target: repo_files[task.target]}
                 if task.target in repo_files
                 else None,
+                pytest_config=repository_pytest_config(repo_files),
             ),
             reporter=progress,
         )
