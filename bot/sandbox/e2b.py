@@ -49,16 +49,9 @@ from e2b.exceptions import (
 )
 from e2b.sandbox.commands.command_handle import CommandExitException
 
-from bot.errors import ConfigError, SandboxError
+from bot.errors import ConfigError, SandboxError, ServerFailed, StreamLost
 from bot.sandbox.base import TestResult, Workspace
-from bot.sandbox.e2b_warm import (
-    SDK_ERRORS,
-    CappedOutput,
-    ServerFailed,
-    StreamLost,
-    WarmServer,
-    reply_output,
-)
+from bot.sandbox.e2b_warm import SDK_ERRORS, CappedOutput, WarmServer, reply_output
 from bot.sandbox.pytest_run import (
     DEFAULT_OUTPUT_CAP,
     PLUGIN_MODULE,

@@ -21,14 +21,12 @@ from e2b.exceptions import (
 from e2b.sandbox.commands.command_handle import CommandExitException
 from e2b.sandbox_sync.commands.command_handle import CommandHandle
 
+from bot.errors import ServerFailed, StreamLost
+
 log = logging.getLogger(__name__)
 
 
 # Failures of the SDK, its transport or the sandbox, as opposed to the code under test.
-class StreamLost(Exception):
-    """A command's output stream ended without its end event."""
-
-
 # ConnectError escapes the SDK unmapped when a stream drops while the sandbox stays healthy.
 SDK_ERRORS: tuple[type[BaseException], ...] = (
     StreamLost,
@@ -38,10 +36,6 @@ SDK_ERRORS: tuple[type[BaseException], ...] = (
     httpx.HTTPError,
     OSError,
 )
-
-
-class ServerFailed(Exception):
-    """The warm server died, hung or lost its stream: the run goes cold instead."""
 
 
 class CappedOutput:
