@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def joined(head: str, dropped: int, tail: str, unit: str = "characters") -> str:
+    """Head and tail around the one note every clipped log carries."""
+    return f"{head}\n[... {dropped} {unit} clipped ...]\n{tail}"
+
+
 def clip(text: str, limit: int, *, head_share: float = 0.4) -> str:
     """Head and tail of `text` within about `limit` characters, with a note of the cut.
 
@@ -12,7 +17,7 @@ def clip(text: str, limit: int, *, head_share: float = 0.4) -> str:
         return text
     head = int(limit * head_share)
     tail = limit - head
-    return f"{text[:head]}\n[... {len(text) - limit} characters clipped ...]\n{text[-tail:]}"
+    return joined(text[:head], len(text) - limit, text[-tail:])
 
 
 def tail_lines(text: str, limit: int) -> str:

@@ -20,6 +20,7 @@ from bot.sandbox.memory import MEMORY_POLL_SECONDS
 from bot.sandbox.pytest_run import (
     result_from_report,
 )
+from bot.text import joined
 
 REPORT_MAX_BYTES = 1 * MiB
 
@@ -57,7 +58,7 @@ class HeadTail:
             return (bytes(self.head) + bytes(self.tail)).decode("utf-8", "replace")
         head = self.head.decode("utf-8", "replace")
         tail = self.tail.decode("utf-8", "replace")
-        return f"{head}\n... [{self.dropped} bytes of output clipped] ...\n{tail}"
+        return joined(head, self.dropped, tail, "bytes of output")
 
 
 def read_report(path: Path, *, owner: int | None) -> str | None:

@@ -22,6 +22,7 @@ from e2b.sandbox.commands.command_handle import CommandExitException
 from e2b.sandbox_sync.commands.command_handle import CommandHandle
 
 from bot.errors import ServerFailed, StreamLost
+from bot.text import joined
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class CappedOutput:
     def text(self) -> str:
         head = "".join(self._head)
         if self._dropped:
-            return f"{head}\n... [{self._dropped} characters clipped] ...\n{self._tail}"
+            return joined(head, self._dropped, self._tail)
         return head + self._tail
 
 
@@ -199,5 +200,5 @@ def reply_output(reply: Mapping[str, Any]) -> tuple[str, bool]:
     dropped = int(reply["total"]) - len(head) - len(tail)
     text_head, text_tail = head.decode("utf-8", "replace"), tail.decode("utf-8", "replace")
     if dropped > 0:
-        return f"{text_head}\n... [{dropped} characters clipped] ...\n{text_tail}", True
+        return joined(text_head, dropped, text_tail), True
     return text_head + text_tail, False

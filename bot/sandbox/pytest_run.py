@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.sandbox.base import OUTCOMES, TestResult
+from bot.text import clip
 
 PLUGIN_MODULE = "tdd_report_plugin"
 PLUGIN_SOURCE = Path(__file__).with_name(f"{PLUGIN_MODULE}.py").read_text(encoding="utf-8")
@@ -121,9 +122,7 @@ def clip_output(text: str, cap: int = DEFAULT_OUTPUT_CAP) -> tuple[str, bool]:
     """Keep the head and the tail of `text` within `cap` characters."""
     if len(text) <= cap:
         return text, False
-    half = cap // 2
-    dropped = len(text) - 2 * half
-    return f"{text[:half]}\n... [{dropped} characters clipped] ...\n{text[-half:]}", True
+    return clip(text, cap, head_share=0.5), True
 
 
 def _outcomes(raw: Any) -> dict[str, Any]:
