@@ -50,6 +50,7 @@ from e2b.exceptions import (
 from e2b.sandbox.commands.command_handle import CommandExitException
 
 from bot.errors import ConfigError, SandboxError, ServerFailed, StreamLost
+from bot.paths import relative_path
 from bot.sandbox.base import TestResult, Workspace
 from bot.sandbox.e2b_warm import SDK_ERRORS, CappedOutput, WarmServer, reply_output
 from bot.sandbox.pytest_run import (
@@ -644,8 +645,8 @@ def _workspace_files(workspace: Workspace) -> dict[str, str]:
     """Validate relative paths: nothing may land outside the run directory."""
     files: dict[str, str] = {}
     for rel, text in workspace.items():
-        norm = posixpath.normpath(rel)
-        if posixpath.isabs(norm) or norm == "." or norm.split("/")[0] in ("..", _SUPPORT_DIR):
-            raise ValueError(f"workspace path {rel!r} must stay inside the run directory")
+        norm = relative_path(rel)
+        if norm.split("/")[0] == _SUPPORT_DIR:
+            raise ValueError(f"workspace path {rel!r} is the runner's own directory")
         files[norm] = text
     return files

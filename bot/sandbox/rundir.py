@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from bot.errors import SandboxError, SandboxUnavailable
+from bot.paths import relative_path
 from bot.sandbox.base import Workspace
 
 # Per-run uids when running as root: far above regular and subordinate (subuid) ranges.
@@ -117,13 +118,8 @@ def sweep_stale_dirs(temp_root: str | None) -> None:
 
 
 def safe_relpath(name: str) -> PurePosixPath:
-    """A workspace path, refused if it could land outside the workdir."""
-    rel = PurePosixPath(name)
-    if not name or rel.is_absolute() or any(part in ("..", "") for part in rel.parts):
-        raise ValueError(f"workspace path {name!r} must be relative and stay inside")
-    if rel == PurePosixPath("."):
-        raise ValueError(f"workspace path {name!r} names no file")
-    return rel
+    """A workspace path, refused (ValueError) if it could land outside the workdir."""
+    return PurePosixPath(relative_path(name))
 
 
 def write_workspace(root: Path, workspace: Workspace, owner: int | None = None) -> None:
