@@ -42,19 +42,17 @@ WRITERS = frozenset({"admin", "maintain", "write"})
 ISSUE_MARKER = "<!-- tdd-agent:issue -->"
 
 
-class JobStatus(StrEnum):
-    """How a job ended: no run (and why), or the run's outcome."""
+class NoRun(StrEnum):
+    """Why a job started no run."""
 
     REFUSED = "refused"
     BUSY = "busy"
     NO_TASK = "no-task"
     NOT_OURS = "not-ours"
-    PASSED = "passed"
-    BUDGET_EXHAUSTED = "budget_exhausted"
-    GAVE_UP = "gave_up"
-    ERROR = "error"
-    NOTHING_TO_DO = "nothing_to_do"
-    UNTRUSTED = "untrusted"
+
+
+# How a job ended: no run (and why), or the run's outcome.
+JobStatus = NoRun | OutcomeKind
 
 
 class RunExecutor(Protocol):
@@ -168,7 +166,7 @@ def publish(
 def _explain(api: RepoApi, number: int, text: str) -> JobStatus:
     """Why no run starts, in the one comment kept for that (edited on a later trigger)."""
     api.upsert_comment(number, ISSUE_MARKER, f"{ISSUE_MARKER}\n{text}")
-    return JobStatus.NO_TASK
+    return NoRun.NO_TASK
 
 
 def _solve_and_publish(
@@ -219,7 +217,7 @@ def _solve_and_publish(
     progress.iterations = list(outcome.iterations)
     if outcome.kind is OutcomeKind.NOTHING_TO_DO:
         progress.show(outcome.kind.value)
-        return JobStatus.NOTHING_TO_DO
+        return outcome.kind
     try:
         published = publish(
             api,
@@ -244,7 +242,7 @@ def _solve_and_publish(
         pr_url=published.pr_url if published else None,
         last_output=last,
     )
-    return JobStatus(outcome.kind.value)
+    return outcome.kind
 
 
 def _exclusively(
@@ -261,7 +259,7 @@ def _exclusively(
     lease = locks.lease(repo, issue_number, run_id)
     if lease.try_acquire() is not None:
         api.comment(reply_on, already_running_message(lease.holder() or "another run"))
-        return JobStatus.BUSY
+        return NoRun.BUSY
     try:
         return work()
     finally:
@@ -287,7 +285,7 @@ def handle_issue(
     """A labeled issue: a run, then a PR (or a draft with the best candidate)."""
     number = action.issue_number
     if not _allowed(api, action.sender, number):
-        return JobStatus.REFUSED
+        return NoRun.REFUSED
 
     def work() -> JobStatus:
         api.react(number, "eyes")
@@ -319,9 +317,9 @@ def handle_retry(
     pr = action.pr_number
     marker = parse_pr_marker(api.get_pull(pr).body)
     if marker is None:
-        return JobStatus.NOT_OURS
+        return NoRun.NOT_OURS
     if not _allowed(api, action.sender, pr):
-        return JobStatus.REFUSED
+        return NoRun.REFUSED
     issue_number = int(marker["issue"])
 
     def work() -> JobStatus:
