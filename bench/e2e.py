@@ -2,12 +2,17 @@
 
 Wired as tests/test_e2e_github.py wires it: the real web app under uvicorn, an RQ worker
 process, the fake GitHub and the fake Groq on loopback, the real local sandbox. The model
-is scripted (a half-right file, then the right one: two model turns, two pytest runs).
+is scripted (a half-right file, then the right one: two model turns). A run's pytest steps
+are the red run at the base commit (in the loop's warm sandbox, whose server it starts),
+one run per model turn, and the verification run in a fresh cold sandbox with canaries.
 
 The clock starts when the signed `issues.labeled` delivery is posted and stops when the
 pull request exists in the fake GitHub. The baseline is the sum of the run journal's step
-durations (`model` + `sandbox`) of that same run: everything above it is the bot's own
-overhead (webhook, queue, GitHub calls, journal, worker).
+durations of that same run: `model`, `sandbox` (the loop's pytest runs, the red run
+included) and `verify` (the verification run: pytest time too, in a fresh sandbox).
+Everything above it is the bot's own overhead (webhook, queue, GitHub calls, journal,
+worker). Verification must not double a run either: issue -> PR is also compared with
+the same time minus the verification step.
 
 Worker modes, one after the other, each warmed up by one untimed issue first:
 - `fork`: the Procfile's worker line as written (`rq worker -c jobs.worker_config ...`), which
@@ -30,6 +35,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +66,11 @@ from tests.fakes.github import FakeGitHub, generate_pem
 from tests.support import GOOD, HALF, ISSUE_BODY, RedisServer, free_port
 
 TARGET = 1.5
+# The issue's words: verification must not double a run's time.
+VERIFY_TARGET = 2.0
+# Journal step kinds whose durations make the baseline: the model, and pytest (the loop's
+# runs, the red run at the base commit included, and the verification run).
+BASELINE_KINDS = frozenset({"model", "sandbox", "verify"})
 SECRET = "bench-e2e-secret"
 REPO = "octo/demo"
 FIXTURE = ROOT / "tests" / "fixtures" / "webhooks" / "issues__labeled.payload.json"
@@ -161,6 +172,7 @@ class Stack:
         }
         branch = f"agent-tdd/issue-{number}"
         calls_before = len(self.github.calls)
+        wall_started = time.time()  # the journal's clock, to place its steps on ours
         started = time.perf_counter()
         response = httpx.post(f"{self.web_url}/api/github/webhooks", content=body, headers=headers)
         answered = time.perf_counter()
@@ -186,13 +198,14 @@ class Stack:
             if not any(p["head"]["ref"] == branch for p in self.github.pulls(REPO)):
                 raise RuntimeError(f"job {job_id} finished without a PR: {_tail(log)}")
             pr_at = done_at
-        return self._timings(job_id, calls_before, started, answered, pr_at, done_at)
+        clock = (wall_started, started)
+        return self._timings(job_id, calls_before, clock, answered, pr_at, done_at)
 
     def _timings(
         self,
         job_id: str,
         calls_before: int,
-        started: float,
+        clock: tuple[float, float],
         answered: float,
         pr_at: float,
         done_at: float,
@@ -206,27 +219,49 @@ class Stack:
         model = sum(s.duration for s in steps if s.kind == "model")
         pytest_runs = [s.duration for s in steps if s.kind == "sandbox"]
         sandbox = sum(pytest_runs)
+        verify_runs = [s.duration for s in steps if s.kind == "verify"]
+        verify = sum(verify_runs)
+        # Any other kind of step is neither model nor pytest time: overhead, but shown.
+        other = [s for s in steps if s.kind not in BASELINE_KINDS]
         job = Job.fetch(job_id, connection=self.client)
         queue_wait = (
             (job.started_at - job.enqueued_at).total_seconds()
             if job.started_at and job.enqueued_at
             else float("nan")
         )
+        # Journal steps carry the worker's wall clock: place them on the bench's timeline.
+        wall_started, started = clock
+        last = steps[-1]
+        job_setup = steps[0].started_at - _epoch(job.started_at) if job.started_at else float("nan")
+        after_steps = (pr_at - started) - (last.started_at + last.duration - wall_started)
         return {
             "model": model,
             "sandbox": sandbox,
-            "steps": model + sandbox,
+            "verify": verify,
+            "pytest": sandbox + verify,
+            "steps": model + sandbox + verify,
+            "other": sum(s.duration for s in other),
             "model_steps": sum(1 for s in steps if s.kind == "model"),
             "sandbox_steps": len(pytest_runs),
-            # A new process probes the sandbox on its first run: it shows in this step.
+            "verify_steps": len(verify_runs),
+            "other_steps": len(other),
+            # The red run at the base commit: it starts the loop's warm runner (and a new
+            # process probes the sandbox on its first run: that would show here too).
             "first_pytest": pytest_runs[0],
             "later_pytest": sum(pytest_runs[1:]) / max(len(pytest_runs) - 1, 1),
             "github_calls": len(self.github.calls) - calls_before,
             "webhook": answered - started,
             "queue_wait": queue_wait,
+            "job_setup": job_setup,
+            "after_steps": after_steps,
             "to_pr": pr_at - started,
             "to_done": done_at - started,
         }
+
+
+def _epoch(moment: datetime) -> float:
+    """RQ's timestamps are UTC; a naive one is read as UTC, not as local time."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _tail(log: Path) -> str:
@@ -297,18 +332,27 @@ def _report(
         # Ratios per run, then the median: each run is compared with its own steps.
         to_pr = median([ratio(r["to_pr"], r["steps"]) for r in runs])
         to_done = median([ratio(r["to_done"], r["steps"]) for r in runs])
+        # What verification adds: issue -> PR against the same run without its verify step.
+        doubling = median([ratio(r["to_pr"], r["to_pr"] - r["verify"]) for r in runs])
+        # The ratio as it would read if verification were counted as overhead instead.
+        verify_as_overhead = median([ratio(r["to_pr"], r["steps"] - r["verify"]) for r in runs])
         rows = [
             ("model steps (journal)", med("model"), None),
-            ("pytest steps (journal)", med("sandbox"), None),
-            ("  first pytest step of the job", med("first_pytest"), None),
-            ("  each later pytest step", med("later_pytest"), None),
+            ("pytest steps (journal, verification included)", med("pytest"), None),
+            ("  red run at the base commit (starts warm runner)", med("first_pytest"), None),
+            ("  each later pytest step of the loop", med("later_pytest"), None),
+            ("  verification (fresh cold sandbox, canaries)", med("verify"), None),
             ("model + pytest (baseline)", med("steps"), 1.0),
             ("webhook POST -> 202", med("webhook"), None),
             ("enqueued -> job started", med("queue_wait"), None),
+            ("job started -> first step", med("job_setup"), None),
+            ("last step -> PR", med("after_steps"), None),
             ("labeled issue -> PR", med("to_pr"), to_pr),
             ("labeled issue -> job done", med("to_done"), to_done),
             ("overhead (issue -> PR minus steps)", med("to_pr") - med("steps"), None),
         ]
+        if any(r["other_steps"] for r in runs):
+            rows.insert(5, ("other journal steps (counted as overhead)", med("other"), None))
         for what, seconds, rel in rows:
             row: dict[str, Any] = {
                 "worker": labels[mode],
@@ -322,10 +366,22 @@ def _report(
         report.targets.append(
             Target(f"issue->PR / (model+pytest), {labels[mode]}", to_pr, "<=", TARGET)
         )
+        report.targets.append(
+            Target(
+                f"issue->PR / (issue->PR minus verification), {labels[mode]}",
+                doubling,
+                "<=",
+                VERIFY_TARGET,
+            )
+        )
+        report.extra.setdefault("verification_as_overhead", {})[mode] = verify_as_overhead
         steps = runs[0]
+        other = f" + {steps['other_steps']:.0f} other" if steps["other_steps"] else ""
         report.notes.append(
             f"{labels[mode]}: {steps['model_steps']:.0f} model + {steps['sandbox_steps']:.0f} "
-            f"pytest steps, {med('github_calls'):.0f} GitHub API calls per run"
+            f"pytest + {steps['verify_steps']:.0f} verify steps{other}, "
+            f"{med('github_calls'):.0f} GitHub API calls per run; counting verification as "
+            f"overhead instead of pytest time, issue->PR would be {verify_as_overhead:.2f}x"
         )
     report.notes.append(
         "scripted fake Groq (answers at once), fake GitHub on loopback, the local sandbox "
