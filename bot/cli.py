@@ -51,9 +51,11 @@ examples:
   tdd-agent runs                          recent runs
   tdd-agent runs show my-run              every step of a run
 
-configuration comes from the environment (or .env): GROQ_API_KEY (required),
-GROQ_MODEL, GROQ_BASE_URL, REDIS_URL (else an embedded Redis in the data directory),
-MAX_ITERATIONS, MAX_TOTAL_TOKENS, MAX_WALL_SECONDS, SANDBOX, E2B_API_KEY. See README.md.
+configuration comes from the environment (or .env): GROQ_API_KEY (required for Groq,
+the default provider), MODEL, GROQ_BASE_URL; or MODEL_PROVIDER=openai with OPENAI_BASE_URL
+and MODEL for an OpenAI-compatible server; REDIS_URL (else an embedded Redis in the data
+directory), MAX_ITERATIONS, MAX_TOTAL_TOKENS, MAX_WALL_SECONDS, SANDBOX, E2B_API_KEY.
+See README.md.
 """
 
 
@@ -111,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-id", metavar="ID", help="name the run; an existing run resumes from its journal"
     )
     run.add_argument(
-        "--model", metavar="NAME", help="Groq model (default: GROQ_MODEL or openai/gpt-oss-120b)"
+        "--model",
+        metavar="NAME",
+        help="model name (default: MODEL, else GROQ_MODEL or openai/gpt-oss-120b for Groq)",
     )
     run.add_argument(
         "--max-iterations", type=int, metavar="N", help="model turns at most (default 8)"
@@ -196,7 +200,7 @@ def task_from_args(args: argparse.Namespace) -> tuple[Task, str | None]:
 def _settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
     overrides: dict[str, Any] = {}
     for arg, field in [
-        ("model", "groq_model"),
+        ("model", "model"),
         ("max_iterations", "max_iterations"),
         ("max_tokens", "max_total_tokens"),
         ("max_seconds", "max_wall_seconds"),
@@ -234,14 +238,18 @@ def outcome_json(run_id: str, outcome: Outcome, written: list[Path]) -> dict[str
 def cmd_solve(args: argparse.Namespace, environ: dict[str, str], err: Console) -> int:
     task, note = task_from_args(args)
     settings = _settings(args, environ)
-    settings.require_groq_key()
+    model = wiring.model_name(settings)
+    model_client = wiring.model_client(settings)  # a missing key fails before Redis starts
     reporter = TerminalReporter(err, quiet=False)
     if note:
         reporter.info(note)
     run_id = args.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    executor = wiring.executor(settings, wiring.redis_client(settings, embedded=True))
+    executor = wiring.executor(
+        settings, wiring.redis_client(settings, embedded=True), model=model_client
+    )
     reporter.info(
-        f"run {run_id}: model {settings.groq_model}, sandbox {wiring.sandbox_backend(settings)}, "
+        f"run {run_id}: model {model} ({settings.model_provider}), "
+        f"sandbox {wiring.sandbox_backend(settings)}, "
         f"budget {settings.max_iterations} iterations / {settings.max_total_tokens:,} tokens / "
         f"{settings.max_wall_seconds:.0f}s"
     )

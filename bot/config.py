@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -35,6 +35,13 @@ class Settings(BaseSettings):
         # Only what the caller passes: the edge decides which environment counts.
         return (init_settings,)
 
+    # Model, any provider (resolved in bot/wiring.py: model_name, model_max_tokens, model_timeout)
+    model_provider: Literal["groq", "openai"] = "groq"
+    model: str | None = None  # wins over GROQ_MODEL; required for MODEL_PROVIDER=openai
+    model_temperature: float = 0.2
+    model_max_tokens: int | None = None  # wins over MAX_COMPLETION_TOKENS, its older name
+    model_timeout: float | None = None  # default: GROQ_TIMEOUT for groq, 300 s for openai
+
     # Model (Groq)
     groq_api_key: SecretStr | None = None
     groq_base_url: str | None = None
@@ -42,6 +49,13 @@ class Settings(BaseSettings):
     groq_timeout: float = 60.0
     groq_max_retries: int = 4
     max_completion_tokens: int = 4096
+
+    # Model (any OpenAI-compatible server: Ollama, vLLM, llama.cpp's server, LM Studio, ...)
+    openai_base_url: str | None = None  # with /v1, e.g. http://localhost:11434/v1
+    openai_api_key: SecretStr | None = None  # local servers need none
+    openai_max_retries: int = 2  # of 429 and 5xx; a timeout is never retried
+    # How tool calls are obtained; `auto` probes the server once per model.
+    openai_tool_mode: Literal["auto", "native", "json_schema", "text"] = "auto"
 
     # Budget: enforced by the loop, never by the model.
     max_iterations: int = 8
@@ -77,6 +91,17 @@ class Settings(BaseSettings):
     port: int = 3000
     trigger_label: str = "agent:tdd"
     queue_name: str = "tdd-agent"
+
+    @field_validator("model_provider", "openai_tool_mode", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("model", "openai_base_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `MODEL=` in a .env file means "not set", not the empty model name.
+        return None if isinstance(value, str) and not value.strip() else value
 
     def require_groq_key(self) -> str:
         if self.groq_api_key is None or not self.groq_api_key.get_secret_value():

@@ -2,6 +2,7 @@
 
 TddAgentError
 ├── ConfigError            the operator's settings are missing or wrong
+│   └── ModelAuthError     the model server rejected the API key (401/403)
 ├── UsageError             bad command-line input (exit 2)
 ├── IssueError             an issue cannot become a task (what to change in it)
 │   ├── NoTests            the issue has no tests at all
@@ -19,7 +20,11 @@ TddAgentError
 │   ├── JournalMismatch    replayed inputs differ: the code or prompt changed
 │   └── LeaseLost          another process owns the run now
 ├── ModelError             the model API failed after retries
+│   ├── ModelRateLimited   still rate limited after retries (carries `retry_after`)
+│   ├── ModelContextTooLong  the request cannot fit the model's context window
+│   └── ModelServerError   the model server failed (5xx) after retries
 └── GitHubError            the GitHub API failed after retries
+    ├── PublishFailed      a result could not be published (the step that failed)
     └── ConversionFailed   the app manifest code could not be exchanged
 """
 
@@ -121,8 +126,43 @@ class ModelError(TddAgentError):
     """The model API failed after retries."""
 
 
+class ModelAuthError(ConfigError):
+    """The model server rejected the API key; the message names the setting to fix."""
+
+
+class ModelRateLimited(ModelError):
+    """Still rate limited after retries; `retry_after` is the server's hint in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ModelContextTooLong(ModelError):
+    """The request cannot fit the model's context window however much the loop shrinks it."""
+
+
+class ModelServerError(ModelError):
+    """The model server failed (5xx) after retries; `status` is its last answer."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class GitHubError(TddAgentError):
     """The GitHub API failed after retries."""
+
+
+class PublishFailed(GitHubError):
+    """Publishing a finished run failed at `step`; the result stays in the run's journal."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        super().__init__(
+            f"could not {step}: {detail}. The result is kept in the run's journal: "
+            "triggering the run again publishes it without asking the model again"
+        )
+        self.step = step
 
 
 class ConversionFailed(GitHubError):

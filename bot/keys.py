@@ -22,3 +22,13 @@ def issue_lock_key(full_name: str, issue_number: int) -> str:
 
 
 SETUP_STATE_PREFIX = f"{PREFIX}:setup-state:"
+
+
+def issue_run_key(full_name: str, issue_number: int) -> str:
+    """The run of an issue whose result is not published yet (a trigger resumes it)."""
+    return f"{PREFIX}:issue-run:{full_name}#{issue_number}"
+
+
+def replied_key(full_name: str, number: int, user: str) -> str:
+    """Marks that an outsider got the polite reply on this issue or PR (for an hour)."""
+    return f"{PREFIX}:replied:{full_name}#{number}:{user}"

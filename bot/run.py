@@ -31,6 +31,7 @@ class RunConfig:
     policy: ContextPolicy = field(default_factory=ContextPolicy)
     model: str = "openai/gpt-oss-120b"
     max_tokens: int = 4096
+    temperature: float = 0.2
     lease_seconds: float = 10.0
     # Import names the test environment provides: a candidate module may not shadow them.
     shadowed: frozenset[str] = frozenset()
@@ -108,6 +109,7 @@ def execute(
                 policy=config.policy,
                 model=config.model,
                 max_tokens=config.max_tokens,
+                temperature=config.temperature,
                 reporter=reporter,
                 initial_files=request.initial_files,
                 rules=edit_rules(request.task, config, request.initial_files),

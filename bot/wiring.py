@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from bot.errors import ConfigError
 from bot.github.api import RepoApi, app_client
 from bot.github.webhooks import Repo
 from bot.journal import Lease
-from bot.keys import issue_lock_key
+from bot.keys import issue_lock_key, issue_run_key, replied_key, run_key
 from bot.redis_server import connect, ensure_embedded_redis, reachable, redact
 from bot.run import Executor, RunConfig
 from bot.sandbox.base import Sandbox
@@ -61,8 +62,9 @@ def run_config(settings: Settings) -> RunConfig:
     return RunConfig(
         budget=budget(settings),
         policy=context_policy(settings),
-        model=settings.groq_model,
-        max_tokens=settings.max_completion_tokens,
+        model=model_name(settings),
+        max_tokens=model_max_tokens(settings),
+        temperature=settings.model_temperature,
         lease_seconds=settings.lease_seconds,
         shadowed=installed_modules(),
     )
@@ -100,12 +102,78 @@ def redis_client(settings: Settings, *, embedded: bool) -> redis.Redis:
     return connect(SERVER_REDIS_URL)
 
 
+# Local servers are slow: turns of a small model on two cores took up to 90 s.
+OPENAI_DEFAULT_TIMEOUT = 300.0
+
+
+def model_name(settings: Settings) -> str:
+    """MODEL, else GROQ_MODEL (or its default) for Groq; MODEL_PROVIDER=openai needs MODEL."""
+    if settings.model:
+        return settings.model
+    if settings.model_provider == "openai":
+        raise ConfigError(
+            "MODEL_PROVIDER=openai needs MODEL, the name the server knows the model by "
+            "(e.g. MODEL=qwen2.5-coder:7b for Ollama; GET <OPENAI_BASE_URL>/models lists them)"
+        )
+    return settings.groq_model
+
+
+def model_max_tokens(settings: Settings) -> int:
+    """MODEL_MAX_TOKENS, else MAX_COMPLETION_TOKENS (its older name, default 4096)."""
+    if settings.model_max_tokens is not None:
+        return settings.model_max_tokens
+    return settings.max_completion_tokens
+
+
+def model_timeout(settings: Settings) -> float:
+    """MODEL_TIMEOUT, else GROQ_TIMEOUT (60 s) for Groq, 300 s for an OpenAI-compatible server."""
+    if settings.model_timeout is not None:
+        return settings.model_timeout
+    if settings.model_provider == "openai":
+        return OPENAI_DEFAULT_TIMEOUT
+    return settings.groq_timeout
+
+
 def model_client(settings: Settings) -> ModelClient:
+    """The client of the provider MODEL_PROVIDER names; a missing setting fails here, with the
+    fix, rather than at the first turn."""
+    if settings.model_provider == "openai":
+        return openai_client(settings)
     return GroqModel.build(
         api_key=settings.require_groq_key(),
         base_url=settings.groq_base_url,
-        timeout=settings.groq_timeout,
+        timeout=model_timeout(settings),
         max_retries=settings.groq_max_retries,
+        tls=tls_context(),
+    )
+
+
+def openai_client(settings: Settings) -> ModelClient:
+    """An OpenAICompatibleModel for OPENAI_BASE_URL; `openai` is imported only when chosen
+    (it takes ~0.6 s)."""
+    base_url = (settings.openai_base_url or "").strip()
+    if not base_url:
+        raise ConfigError(
+            "MODEL_PROVIDER=openai needs OPENAI_BASE_URL, e.g. http://localhost:11434/v1 for "
+            "Ollama, http://localhost:8000/v1 for vLLM, http://localhost:8080/v1 for llama.cpp's "
+            "server, http://localhost:1234/v1 for LM Studio"
+        )
+    if not base_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"OPENAI_BASE_URL={base_url!r} is not an http(s) URL; "
+            "e.g. http://localhost:11434/v1 for Ollama"
+        )
+    model_name(settings)  # fail at start-up, not at the first turn
+    from bot.agent.openai_model import Mode, OpenAICompatibleModel
+
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    mode = None if settings.openai_tool_mode == "auto" else Mode(settings.openai_tool_mode)
+    return OpenAICompatibleModel.build(
+        base_url=base_url,
+        api_key=key or None,
+        timeout=model_timeout(settings),
+        max_retries=settings.openai_max_retries,
+        mode=mode,
         tls=tls_context(),
     )
 
@@ -159,11 +227,11 @@ def check_sandbox(settings: Settings) -> None:
         LocalSandbox().check()
 
 
-def executor(settings: Settings, client: redis.Redis) -> Executor:
+def executor(settings: Settings, client: redis.Redis, model: ModelClient | None = None) -> Executor:
     """Runs tasks under their journal with this process's model and a sandbox per run."""
     return Executor(
         redis=client,
-        model=model_client(settings),
+        model=model or model_client(settings),
         new_sandbox=lambda config: sandbox(settings, pytest_config=config),
         config=run_config(settings),
         # Cold on purpose: a fresh process tree that no earlier run of the loop touched.
@@ -238,3 +306,40 @@ class IssueLocks:
             seconds=self.lease_seconds,
             name=f"{repo.full_name}#{issue_number}",
         )
+
+
+class RunIndex:
+    """Per issue, the run whose result is not published yet, so that a new trigger with the
+    same task resumes it from its journal (no model call) instead of starting over."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def resumable(self, repo: Repo, issue_number: int, task_digest: str) -> str | None:
+        raw = self.redis.get(issue_run_key(repo.full_name, issue_number))
+        if raw is None:
+            return None
+        run_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+        recorded = self.redis.hget(run_key(run_id, "meta"), "task_digest")
+        # A changed issue (or new /retry guidance) is a new task: start a new run.
+        if recorded is None or json.loads(recorded) != task_digest:
+            return None
+        return run_id
+
+    def started(self, repo: Repo, issue_number: int, run_id: str) -> None:
+        self.redis.set(issue_run_key(repo.full_name, issue_number), run_id, ex=30 * 24 * 3600)
+
+    def published(self, repo: Repo, issue_number: int) -> None:
+        self.redis.delete(issue_run_key(repo.full_name, issue_number))
+
+
+class ReplyThrottle:
+    """One polite reply per outsider per issue or PR per hour; the rest get a reaction."""
+
+    def __init__(self, client: redis.Redis, *, seconds: int = 3600) -> None:
+        self.redis = client
+        self.seconds = seconds
+
+    def first(self, repo: Repo, number: int, user: str) -> bool:
+        key = replied_key(repo.full_name, number, user)
+        return bool(self.redis.set(key, "1", nx=True, ex=self.seconds))

@@ -312,6 +312,6 @@ def test_debug_mode_skips_the_control_plane(fake: FakeE2B, make: Callable[..., E
 def test_workspace_paths_must_stay_in_the_run_directory(
     fake: FakeE2B, make: Callable[..., E2BSandbox]
 ) -> None:
-    with pytest.raises(ValueError, match="inside the run directory"):
+    with pytest.raises(ValueError, match="not a relative path inside the workspace"):
         make().run_tests({"../escape.py": ""})
     assert fake.calls == []

@@ -120,10 +120,12 @@ def build_request(
     tools: Toolbox[Any],
     model: str,
     max_tokens: int,
+    temperature: float = 0.2,
 ) -> ModelRequest:
     return ModelRequest(
         model=model,
         messages=tuple(build_messages(task, turns, policy, tools=tools)),
         tools=tools.schemas(),
         max_tokens=max_tokens,
+        temperature=temperature,
     )

@@ -165,6 +165,7 @@ class _Runner:
         policy: ContextPolicy,
         model: str,
         max_tokens: int,
+        temperature: float,
         reporter: Reporter,
         initial_files: dict[str, str] | None,
         rules: EditRules | None = None,
@@ -175,6 +176,7 @@ class _Runner:
         self.policy = policy
         self.model = model
         self.max_tokens = max_tokens
+        self.temperature = temperature
         self.reporter = reporter
         self.rules = rules or EditRules(tests=frozenset(task.tests))
         self.state = _State(files=dict(initial_files or {}))
@@ -208,6 +210,7 @@ class _Runner:
                 tools=TOOLS,
                 model=self.model,
                 max_tokens=self.max_tokens,
+                temperature=self.temperature,
             )
             step = self.steps.model(request)
             reply, self._replayed = step.value, step.replayed
@@ -259,7 +262,9 @@ class _Runner:
                 return self.outcome(
                     OutcomeKind.ERROR, "the request is too large for the model even when shrunk"
                 )
-            parsed = TOOLS.parse(reply)
+            # A reply that is only a python block is the target's new content (models
+            # without tool calling answer that way).
+            parsed = TOOLS.parse(reply, fallback_path=self.task.target)
             if isinstance(parsed, InvalidCall):
                 s.invalid_streak += 1
                 s.turns.append(_invalid_turn(reply, parsed))
@@ -426,6 +431,7 @@ def solve(
     policy: ContextPolicy,
     model: str,
     max_tokens: int = 4096,
+    temperature: float = 0.2,
     reporter: Reporter | None = None,
     initial_files: dict[str, str] | None = None,
     rules: EditRules | None = None,
@@ -438,6 +444,7 @@ def solve(
         policy=policy,
         model=model,
         max_tokens=max_tokens,
+        temperature=temperature,
         reporter=reporter or NullReporter(),
         initial_files=initial_files,
         rules=rules,

@@ -2,20 +2,24 @@
 
 `ModelClient.complete(ModelRequest) -> ModelReply` is all the loop knows. A provider is one
 class that turns the request into its API's call and its answer (or its errors) back into a
-`ModelReply`: Groq is `GroqModel`.
+`ModelReply`: Groq is `GroqModel`, any OpenAI-compatible server `OpenAICompatibleModel`
+(bot/agent/openai_model.py); both raise the same typed errors.
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
+import re
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import groq
 
-from bot.errors import ConfigError, ModelError
+from bot.errors import ModelAuthError, ModelError, ModelRateLimited, ModelServerError
 
 Message = dict[str, Any]  # one chat message, in the OpenAI chat shape every provider speaks
 
@@ -120,10 +124,53 @@ def _usage(usage: Any) -> Usage:
     )
 
 
-def _error_body(exc: groq.APIStatusError) -> dict[str, Any]:
-    body = exc.body if isinstance(exc.body, dict) else {}
+def error_detail(body: object) -> dict[str, Any]:
+    """The error object of an error body, whichever of the usual shapes the server used."""
+    if isinstance(body, str):
+        return {"message": body[:500]}
+    if not isinstance(body, dict):
+        return {}
     inner = body.get("error", body)
+    if isinstance(inner, str):
+        return {"message": inner}  # Ollama's {"error": "model not found"}
     return inner if isinstance(inner, dict) else {}
+
+
+_CONTEXT_WORDS = re.compile(
+    r"context (length|size|window)|maximum context|exceeds? the available context|"
+    r"prompt is too long|too many tokens",
+    re.IGNORECASE,
+)
+
+
+def is_context_too_long(status: int, error: Mapping[str, Any]) -> bool:
+    """Whether an error says the request does not fit the model's context (413 included)."""
+    if status == 413:
+        return True
+    kind = f"{error.get('code') or ''} {error.get('type') or ''}"
+    if "context_length_exceeded" in kind or "exceed_context_size" in kind:
+        return True
+    return status in (400, 422) and bool(_CONTEXT_WORDS.search(str(error.get("message") or "")))
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The server's wait hint in seconds (`retry-after-ms`, `retry-after` seconds or date)."""
+    try:
+        return float(headers["retry-after-ms"]) / 1000
+    except (KeyError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
 
 
 class GroqModel:
@@ -170,24 +217,39 @@ class GroqModel:
         try:
             completion = self.client.chat.completions.create(**self.arguments(request))
         except groq.AuthenticationError as exc:
-            raise ConfigError(
+            raise ModelAuthError(
                 "Groq rejected GROQ_API_KEY (401). Check the key at https://console.groq.com/keys."
             ) from exc
         except groq.APIStatusError as exc:
-            err = _error_body(exc)
+            err = error_detail(exc.body)
             latency = time.monotonic() - t0
-            if exc.status_code == 400 and err.get("code") == "tool_use_failed":
+            status = exc.status_code
+            if status == 400 and err.get("code") == "tool_use_failed":
                 # The model produced a malformed call: feed that back, it counts as a turn.
                 failed = str(err.get("failed_generation") or "")[:500]
                 error = f"tool_use_failed: {failed}" if failed else "tool_use_failed"
                 return ModelReply(error=error, latency=latency)
-            if exc.status_code == 413:
+            if is_context_too_long(status, err):
                 return ModelReply(too_large=True, error="request too large", latency=latency)
             message = err.get("message") or str(exc)
-            raise ModelError(f"Groq answered {exc.status_code}: {message}") from exc
+            if status == 429:
+                raise ModelRateLimited(
+                    f"Groq answered 429 after {self.client.max_retries} retries: {message} "
+                    "Wait and run again; on the free tier a lower MODEL_MAX_TOKENS counts less "
+                    "against the tokens-per-minute limit.",
+                    retry_after=retry_after(exc.response.headers),
+                ) from exc
+            if status >= 500:
+                raise ModelServerError(
+                    f"Groq answered {status}: {message} (after {self.client.max_retries} "
+                    "retries; see https://groqstatus.com and run again later)",
+                    status=status,
+                ) from exc
+            raise ModelError(f"Groq answered {status}: {message}") from exc
         except (groq.APIConnectionError, groq.APITimeoutError) as exc:
             raise ModelError(
-                f"could not reach Groq at {self.client.base_url} after retries: {exc}"
+                f"could not reach Groq at {self.client.base_url} after retries: {exc}. Check "
+                "the network; if requests time out, raise MODEL_TIMEOUT."
             ) from exc
         choice = completion.choices[0]
         calls = tuple(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Generic, TypeVar
 
+from bot.agent.calls_in_text import calls_from_text, decode_arguments
 from bot.agent.model import ModelReply
 from bot.policy import escape_hatches, write_refusal
 
@@ -85,27 +86,35 @@ class Toolbox(Generic[H]):
         tool = self.tools[call.name]
         return tool.describe(call.arguments) if tool.describe else call.name
 
-    def parse(self, reply: ModelReply) -> ToolCall | InvalidCall:
-        """Turn a model reply into exactly one tool call, or say what is wrong."""
+    def parse(
+        self, reply: ModelReply, *, fallback_path: str | None = None
+    ) -> ToolCall | InvalidCall:
+        """Turn a model reply into exactly one tool call, or say what is wrong; a call written
+        in the text counts, and with `fallback_path` so does a reply that is one Python block."""
         names = ", ".join(self.names)
         if reply.error:
             return InvalidCall(
                 "Your last reply was not a valid tool call "
                 f"({reply.error}). Call exactly one of the tools with JSON arguments."
             )
-        if not reply.tool_calls:
+        # Servers that ignore tool_choice write the call into the text instead.
+        calls = reply.tool_calls or tuple(
+            calls_from_text(reply.content, self.names, fallback_path=fallback_path)
+        )
+        if not calls:
             return InvalidCall(
                 "You replied with text instead of a tool call. Respond only by calling one "
                 f"tool: {names}."
             )
-        first = reply.tool_calls[0]
+        first = calls[0]
         call_id = first.id or "call_0"
         tool = self.tools.get(first.name)
         if tool is None:
             return InvalidCall(f"Unknown tool {first.name!r}. Use one of: {names}.", call_id)
         raw = first.arguments
         try:
-            args = json.loads(raw) if isinstance(raw, str) else raw
+            # Lenient: raw newlines in strings, and arguments a chat template encoded twice.
+            args = decode_arguments(raw)
         except json.JSONDecodeError as exc:
             return InvalidCall(f"The arguments of {tool.name} are not valid JSON ({exc}).", call_id)
         if args is None:
