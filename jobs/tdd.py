@@ -38,16 +38,17 @@ def handle(action_json: str, run_id: str) -> str:
 
 
 def run(action: Job, *, api: RepoApi, settings: Settings, client: redis.Redis, run_id: str) -> str:
-    use_case = flow.handle_issue if isinstance(action, StartRun) else flow.handle_retry
-    status = use_case(
-        action,  # type: ignore[arg-type]  # narrowed with use_case just above
+    ctx = flow.Context(
         api=api,
         executor=wiring.executor(settings, client),
         locks=wiring.IssueLocks(client, lease_seconds=settings.lease_seconds),
-        run_id=run_id,
+        runs=wiring.RunIndex(client),
+        throttle=wiring.ReplyThrottle(client),
         trigger_label=settings.trigger_label,
     )
-    return status.value
+    if isinstance(action, StartRun):
+        return flow.handle_issue(action, ctx, run_id=run_id).value
+    return flow.handle_retry(action, ctx, run_id=run_id).value
 
 
 def report(action: Job, *, api: RepoApi, settings: Settings, run_id: str, reason: str) -> None:

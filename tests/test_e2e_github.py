@@ -243,11 +243,15 @@ def test_retry_by_a_reader_is_refused(stack: Stack) -> None:
     (pr,) = stack.github.pulls(REPO)
     requests_before = len(stack.groq.requests)
 
-    stack.deliver("issue_comment", comment_payload(stack, pr["number"], "/retry", "bob"))
+    for _ in range(3):
+        stack.deliver("issue_comment", comment_payload(stack, pr["number"], "/retry", "bob"))
     stack.work()
     assert len(stack.groq.requests) == requests_before, "nothing ran"
     replies = [c["body"] for c in stack.github.comments(REPO, pr["number"])]
-    assert any("Only people with write access" in b for b in replies)
+    # One polite reply per outsider per hour; the other attempts get a 👎 on the comment.
+    assert sum("Only people with write access" in b for b in replies) == 1
+    downs = [r for r in stack.github.reactions(REPO) if r.get("content") == "-1"]
+    assert len(downs) == 2
 
 
 def test_duplicate_delivery_and_a_502_on_pr_creation_leave_one_pull_request(stack: Stack) -> None:
@@ -437,11 +441,34 @@ def test_a_github_error_while_publishing_is_reported_and_loses_nothing(stack: St
     bodies = [c["body"] for c in stack.github.comments(REPO, 1)]
     failures = [b for b in bodies if "stopped without a result" in b]
     assert len(failures) == 1, "reported once, on the last attempt"
-    assert "404" in failures[0] and "agent:tdd" in failures[0]
+    assert "could not commit the code: 404" in failures[0] and "agent:tdd" in failures[0]
+    assert "without asking the model again" in failures[0]
     progress = next(b for b in bodies if "tdd-agent:progress" in b)
-    assert "could not publish the result: 404" in progress
+    assert "could not commit the code: 404" in progress
     attempts = stack.github.calls_to("POST", "/repos/{owner}/{repo}/git/trees")
     assert len(attempts) == 4, "the first try and RQ's three retries"
+
+    # The permission is fixed and the label applied again: the kept result is published.
+    stack.github.clear_injections()
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    (pr,) = stack.github.pulls(REPO)
+    assert pr["draft"] is False
+    assert len(stack.groq.requests) == 1, "published from the journal, no new model call"
+
+
+def test_a_check_run_that_failed_after_its_effect_is_not_made_twice(stack: Stack) -> None:
+    stack.groq.script(write(GOOD))
+    # GitHub creates the check run but the client sees a 502; RQ runs the job again.
+    stack.github.inject("POST", "/repos/{owner}/{repo}/check-runs", status=502, after_apply=True)
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    commits = stack.github.calls_to("POST", "/repos/{owner}/{repo}/git/commits")
+    assert len(commits) == 1, "the retry reused the run's commit: no orphaned commit"
+    (check,) = stack.github.check_runs(REPO)
+    assert check["head_sha"] == stack.github.ref_sha(REPO, "agent-tdd/issue-1")
+    assert check["conclusion"] == "success"
+    assert len(stack.github.pulls(REPO)) == 1
 
 
 def test_groq_failing_for_good_is_reported_on_the_issue(stack: Stack) -> None:

@@ -129,6 +129,9 @@ class RepoApi:
             raise
         return ref.parsed_data.object_.sha
 
+    def commit_message(self, commit_sha: str) -> str:
+        return self.gh.rest.git.get_commit(self.owner, self.repo, commit_sha).parsed_data.message
+
     def commit_tree(self, commit_sha: str) -> str:
         """The tree of a commit (cached: commits never change)."""
         if commit_sha not in self._trees:
@@ -332,9 +335,30 @@ class RepoApi:
     # -- check runs ------------------------------------------------------------------------
 
     def check_run(
-        self, *, name: str, head_sha: str, conclusion: Conclusion, output: dict[str, str]
+        self,
+        *,
+        name: str,
+        head_sha: str,
+        conclusion: Conclusion,
+        output: dict[str, str],
+        fresh: bool = True,
     ) -> int:
-        """The completed check run on `head_sha` (always a commit the bot just made)."""
+        """The completed check run `name` on `head_sha`. On a commit made by an earlier attempt
+        (`fresh=False`) an existing one is updated: a retry never adds a second."""
+        if not fresh:
+            found: list[Any] = self.gh.rest.checks.list_for_ref(
+                self.owner, self.repo, head_sha, check_name=name
+            ).parsed_data.check_runs
+            if found:
+                self.gh.rest.checks.update(  # type: ignore[call-overload]
+                    self.owner,
+                    self.repo,
+                    found[0].id,
+                    status="completed",
+                    conclusion=conclusion,
+                    output=output,
+                )
+                return int(found[0].id)
         # `output` is githubkit's TypedDict of three strings; a plain dict has the same shape.
         return self.gh.rest.checks.create(  # type: ignore[call-overload]
             self.owner,

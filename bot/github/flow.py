@@ -6,8 +6,9 @@ issue locks) and return a `JobStatus`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, cast
@@ -15,11 +16,11 @@ from typing import Protocol, cast
 from githubkit.exception import GitHubException
 
 from bot.agent.loop import Budget, Iteration, Outcome, OutcomeKind, Reporter
-from bot.errors import GitHubError, IssueError, NoTests
+from bot.errors import GitHubError, IssueError, NoTests, PublishFailed
 from bot.github.api import Conclusion, RepoApi, message_of
 from bot.github.webhooks import Repo, RetryRun, StartRun
 from bot.issue import build_task, no_tests_message, parse_issue
-from bot.journal import Lease
+from bot.journal import Lease, digest
 from bot.pytest_config import repository_pytest_config
 from bot.report import (
     CHECK_RUN_NAME,
@@ -66,6 +67,32 @@ class RunExecutor(Protocol):
 
 class Locks(Protocol):
     def lease(self, repo: Repo, issue_number: int, run_id: str) -> Lease: ...
+
+
+class Runs(Protocol):
+    """Which run of an issue still waits to be published (`bot.wiring.RunIndex`)."""
+
+    def resumable(self, repo: Repo, issue_number: int, task_digest: str) -> str | None: ...
+
+    def started(self, repo: Repo, issue_number: int, run_id: str) -> None: ...
+
+    def published(self, repo: Repo, issue_number: int) -> None: ...
+
+
+class Throttle(Protocol):
+    def first(self, repo: Repo, number: int, user: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a use case works with: the repository, the executor and the shared state."""
+
+    api: RepoApi
+    executor: RunExecutor
+    locks: Locks
+    runs: Runs
+    throttle: Throttle
+    trigger_label: str
 
 
 def branch_for(issue_number: int) -> str:
@@ -122,6 +149,23 @@ class Published:
     created: bool
 
 
+def _our_commit(api: RepoApi, branch: str, run_id: str) -> str | None:
+    """The commit an earlier attempt of this run left on `branch`, if the branch points to it."""
+    sha = api.branch_sha(branch)
+    if sha is not None and api.commit_message(sha).endswith(f"; run {run_id}"):
+        return sha
+    return None
+
+
+@contextlib.contextmanager
+def _step(name: str) -> Iterator[None]:
+    """Name the publishing step that failed: the result itself is safe in the journal."""
+    try:
+        yield
+    except GitHubException as exc:
+        raise PublishFailed(name, message_of(exc)) from exc
+
+
 def publish(
     api: RepoApi,
     *,
@@ -136,30 +180,38 @@ def publish(
     tests: dict[str, str],
 ) -> Published | None:
     """One commit with the code and the issue's own `tests` on `branch`, the PR, and the
-    check run with full logs."""
+    check run with full logs. Idempotent per run: an attempt that runs again reuses the
+    commit and the check run the earlier one made."""
     if not outcome.files:
         return None
     verdict = "passes its tests" if outcome.passed else "best candidate, tests do not pass"
-    sha = api.commit_files(
-        branch=branch,
-        base_sha=base_sha,
-        files={**outcome.files, **tests},
-        message=f"tdd-agent: {title} (#{issue_number})\n\n{verdict}; run {run_id}",
-    )
+    with _step("commit the code"):
+        sha = _our_commit(api, branch, run_id)
+        fresh = sha is None
+        if sha is None:
+            sha = api.commit_files(
+                branch=branch,
+                base_sha=base_sha,
+                files={**outcome.files, **tests},
+                message=f"tdd-agent: {title} (#{issue_number})\n\n{verdict}; run {run_id}",
+            )
     body = render_pr_body(
         issue_number=issue_number, run_id=run_id, outcome=outcome, budget=budget, title=title
     )
     pr_title = title if outcome.passed else f"[tests failing] {title}"
-    pr, created = api.upsert_pull(
-        branch=branch, base=base_branch, title=pr_title, body=body, draft=not outcome.passed
-    )
+    with _step("open the pull request"):
+        pr, created = api.upsert_pull(
+            branch=branch, base=base_branch, title=pr_title, body=body, draft=not outcome.passed
+        )
     check = render_check_run(outcome=outcome)
-    api.check_run(
-        name=CHECK_RUN_NAME,
-        head_sha=sha,
-        conclusion=cast(Conclusion, check["conclusion"]),
-        output={k: check[k] for k in ("title", "summary", "text")},
-    )
+    with _step("create the check run"):
+        api.check_run(
+            name=CHECK_RUN_NAME,
+            head_sha=sha,
+            conclusion=cast(Conclusion, check["conclusion"]),
+            output={k: check[k] for k in ("title", "summary", "text")},
+            fresh=fresh,
+        )
     return Published(pr.url, pr.number, created)
 
 
@@ -170,15 +222,15 @@ def _explain(api: RepoApi, number: int, text: str) -> JobStatus:
 
 
 def _solve_and_publish(
-    api: RepoApi,
-    executor: RunExecutor,
+    ctx: Context,
+    repo: Repo,
     *,
     issue_number: int,
     report_on: int,
     run_id: str,
     guidance: str | None,
-    trigger_label: str,
 ) -> JobStatus:
+    api, executor, trigger_label = ctx.api, ctx.executor, ctx.trigger_label
     budget = executor.budget
     issue = api.issue(issue_number)
     spec = parse_issue(issue.title, issue.body)
@@ -195,6 +247,10 @@ def _solve_and_publish(
         return _explain(api, report_on, no_tests_message(trigger_label))
     except IssueError as exc:
         return _explain(api, report_on, issue_problem_message(str(exc), trigger_label))
+    # A finished run of the same task whose publishing failed resumes from its journal: it
+    # publishes without asking the model again.
+    run_id = ctx.runs.resumable(repo, issue_number, digest(task.to_dict())) or run_id
+    ctx.runs.started(repo, issue_number, run_id)
     progress = ProgressComment(api, report_on, run_id, budget)
     progress.show(RUNNING)
     try:
@@ -216,6 +272,7 @@ def _solve_and_publish(
         raise
     progress.iterations = list(outcome.iterations)
     if outcome.kind is OutcomeKind.NOTHING_TO_DO:
+        ctx.runs.published(repo, issue_number)
         progress.show(outcome.kind.value)
         return outcome.kind
     try:
@@ -231,10 +288,11 @@ def _solve_and_publish(
             branch=branch_for(issue_number),
             tests={p: task.tests[p] for p in task.new_tests},
         )
-    except GitHubException as exc:
+    except PublishFailed as exc:
         # The run itself is safe in the journal: a retry replays it and publishes again.
-        progress.show("error", detail=f"could not publish the result: {message_of(exc)}")
+        progress.show("error", detail=str(exc))
         raise
+    ctx.runs.published(repo, issue_number)
     last = outcome.last_result.output if outcome.last_result else None
     progress.show(
         outcome.kind.value,
@@ -246,8 +304,7 @@ def _solve_and_publish(
 
 
 def _exclusively(
-    api: RepoApi,
-    locks: Locks,
+    ctx: Context,
     *,
     repo: Repo,
     issue_number: int,
@@ -256,9 +313,9 @@ def _exclusively(
     work: Callable[[], JobStatus],
 ) -> JobStatus:
     """Run `work` unless another run holds this issue; then say so on `reply_on`."""
-    lease = locks.lease(repo, issue_number, run_id)
+    lease = ctx.locks.lease(repo, issue_number, run_id)
     if lease.try_acquire() is not None:
-        api.comment(reply_on, already_running_message(lease.holder() or "another run"))
+        ctx.api.comment(reply_on, already_running_message(lease.holder() or "another run"))
         return NoRun.BUSY
     try:
         return work()
@@ -266,83 +323,65 @@ def _exclusively(
         lease.release()
 
 
-def _allowed(api: RepoApi, sender: str, reply_on: int) -> bool:
-    if api.permission(sender) in WRITERS:
+def _allowed(
+    ctx: Context, repo: Repo, sender: str, reply_on: int, *, comment_id: int | None = None
+) -> bool:
+    """Writers only. An outsider gets one polite reply per hour here, then a 👎 at most."""
+    if ctx.api.permission(sender) in WRITERS:
         return True
-    api.comment(reply_on, permission_denied_message(sender))
+    if ctx.throttle.first(repo, reply_on, sender):
+        ctx.api.comment(reply_on, permission_denied_message(sender))
+    elif comment_id is not None:
+        ctx.api.react(reply_on, "-1", comment_id=comment_id)
     return False
 
 
-def handle_issue(
-    action: StartRun,
-    *,
-    api: RepoApi,
-    executor: RunExecutor,
-    locks: Locks,
-    run_id: str,
-    trigger_label: str,
-) -> JobStatus:
+def handle_issue(action: StartRun, ctx: Context, *, run_id: str) -> JobStatus:
     """A labeled issue: a run, then a PR (or a draft with the best candidate)."""
     number = action.issue_number
-    if not _allowed(api, action.sender, number):
+    if not _allowed(ctx, action.repo, action.sender, number):
         return NoRun.REFUSED
 
     def work() -> JobStatus:
-        api.react(number, "eyes")
+        ctx.api.react(number, "eyes")
         return _solve_and_publish(
-            api,
-            executor,
+            ctx,
+            action.repo,
             issue_number=number,
             report_on=number,
             run_id=run_id,
             guidance=None,
-            trigger_label=trigger_label,
         )
 
     return _exclusively(
-        api, locks, repo=action.repo, issue_number=number, reply_on=number, run_id=run_id, work=work
+        ctx, repo=action.repo, issue_number=number, reply_on=number, run_id=run_id, work=work
     )
 
 
-def handle_retry(
-    action: RetryRun,
-    *,
-    api: RepoApi,
-    executor: RunExecutor,
-    locks: Locks,
-    run_id: str,
-    trigger_label: str,
-) -> JobStatus:
+def handle_retry(action: RetryRun, ctx: Context, *, run_id: str) -> JobStatus:
     """`/retry` on the bot's PR: run the task again and update the same PR and branch."""
     pr = action.pr_number
-    marker = parse_pr_marker(api.get_pull(pr).body)
+    marker = parse_pr_marker(ctx.api.get_pull(pr).body)
     if marker is None:
         return NoRun.NOT_OURS
-    if not _allowed(api, action.sender, pr):
+    if not _allowed(ctx, action.repo, action.sender, pr, comment_id=action.comment_id):
         return NoRun.REFUSED
     issue_number = int(marker["issue"])
 
     def work() -> JobStatus:
-        api.react(pr, "eyes", comment_id=action.comment_id)
-        api.comment(pr, retry_started_message(run_url_or_id=run_id, guidance=action.guidance))
+        ctx.api.react(pr, "eyes", comment_id=action.comment_id)
+        ctx.api.comment(pr, retry_started_message(run_url_or_id=run_id, guidance=action.guidance))
         return _solve_and_publish(
-            api,
-            executor,
+            ctx,
+            action.repo,
             issue_number=issue_number,
             report_on=pr,
             run_id=run_id,
             guidance=action.guidance,
-            trigger_label=trigger_label,
         )
 
     return _exclusively(
-        api,
-        locks,
-        repo=action.repo,
-        issue_number=issue_number,
-        reply_on=pr,
-        run_id=run_id,
-        work=work,
+        ctx, repo=action.repo, issue_number=issue_number, reply_on=pr, run_id=run_id, work=work
     )
 
 
