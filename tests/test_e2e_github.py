@@ -611,3 +611,25 @@ def test_the_repositorys_pytest_config_is_used_but_its_addopts_cannot_pick_the_t
     assert "tests/test_calc.py::test_sub" in pr["body"], "test_sub ran despite -k add"
     second_turn = stack.groq.requests[1].messages[-1]["content"]
     assert "1 passed, 1 failed" in second_turn, "HALF fails test_sub: it was not deselected"
+
+
+def test_a_retry_after_publishing_failed_for_good_publishes_without_asking_the_model(
+    stack: Stack,
+) -> None:
+    stack.groq.script(write(GOOD))
+    # The PR is opened, then every check run POST fails: the job fails for good.
+    stack.github.inject("POST", "/repos/{owner}/{repo}/check-runs", status=500, times=None)
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    (pr,) = stack.github.pulls(REPO)
+    failure = [c["body"] for c in stack.github.comments(REPO, 1) if "stopped without" in c["body"]]
+    assert len(failure) == 1 and "could not create the check run" in failure[0]
+    assert stack.github.check_runs(REPO) == []
+
+    stack.github.clear_injections()
+    stack.deliver("issue_comment", comment_payload(stack, pr["number"], "/retry", "alice"))
+    stack.work()
+    assert len(stack.groq.requests) == 1, "the kept result was published, no new model call"
+    (check,) = stack.github.check_runs(REPO)
+    assert check["conclusion"] == "success"
+    assert len(stack.github.calls_to("POST", "/repos/{owner}/{repo}/git/commits")) == 1
