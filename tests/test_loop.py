@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import groq
@@ -181,3 +182,53 @@ def test_wall_time_budget(fake, sandbox) -> None:
     # The red run at the start already used the whole 10 ms: no model turn is paid for.
     assert fake.requests == []
     assert outcome.base is not None and not outcome.base.ok
+
+
+# -- a loop that helps weaker models too ----------------------------------------------------
+
+
+def test_a_repeated_refused_call_is_named_and_two_repeats_start_over(fake, sandbox) -> None:
+    refused = g.tool_call("write_file", {"path": "test_calc.py", "content": "x = 1\n"})
+    fake.script(write(HALF), refused, refused, refused, write(GOOD))
+    outcome = run(fake, sandbox, Budget(max_iterations=6))
+
+    assert outcome.kind is OutcomeKind.PASSED
+    first_refusal = fake.requests[2].messages[-1]["content"]
+    assert "read-only" in first_refusal and "repeated" not in first_refusal
+    # A refusal shows the target as it stands, with line numbers, to edit what exists.
+    assert "Current content of calc.py" in first_refusal and "   1 | def add" in first_refusal
+    assert "You repeated your previous call exactly" in fake.requests[3].messages[-1]["content"]
+    # After the second repeat: a fresh context from the best candidate, a higher temperature.
+    fresh = fake.requests[4]
+    assert len(fresh.messages) == 3, "system, task, and the restart message only"
+    assert "Starting over" in fresh.messages[-1]["content"]
+    assert "return a + b" in fresh.messages[-1]["content"], "the best candidate is shown"
+    assert fresh.json is not None and fresh.json["temperature"] > 0.2
+
+
+def test_a_failed_run_shows_the_targets_current_content(fake, sandbox) -> None:
+    fake.script(write(HALF), write(GOOD))
+    run(fake, sandbox)
+    fed_back = fake.requests[1].messages[-1]["content"]
+    assert "Tests: 2 passed, 1 failed" in fed_back
+    assert "Current content of calc.py" in fed_back and "return a + b" in fed_back
+
+
+def test_tool_descriptions_name_the_real_target_never_a_sample(fake, sandbox) -> None:
+    fake.script(write(GOOD))
+    run(fake, sandbox)
+    schemas = json.dumps(fake.requests[0].tools)
+    assert "calc.py" in schemas and "roman.py" not in schemas and "{target}" not in schemas
+
+
+def test_writing_another_module_while_the_target_is_missing_says_so(fake, sandbox) -> None:
+    fake.script(write(GOOD, "helpers.py"), write(GOOD))
+    run(fake, sandbox)
+    assert "the code must go into calc.py" in fake.requests[1].messages[-1]["content"]
+
+
+def test_a_module_that_imports_itself_is_refused_with_the_reason(fake, sandbox) -> None:
+    fake.script(write("from calc import add\n\ndef sub(a, b):\n    return a - b\n"), write(GOOD))
+    run(fake, sandbox)
+    refusal = fake.requests[1].messages[-1]["content"]
+    assert "imports calc itself" in refusal and "circular import" in refusal

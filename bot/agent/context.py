@@ -15,8 +15,8 @@ from bot.text import clip
 SYSTEM_TEMPLATE = (files("bot.agent") / "prompts" / "system.md").read_text(encoding="utf-8")
 
 
-def system_prompt(tools: Toolbox[Any]) -> str:
-    return SYSTEM_TEMPLATE.replace("{tools}", tools.prompt_list())
+def system_prompt(tools: Toolbox[Any], target: str = "the module the task names") -> str:
+    return SYSTEM_TEMPLATE.replace("{tools}", tools.prompt_list(target))
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def build_messages(
 ) -> list[Message]:
     """The full message list: stable prefix first so Groq's prefix cache hits."""
     messages: list[Message] = [
-        {"role": "system", "content": system_prompt(tools)},
+        {"role": "system", "content": system_prompt(tools, task.target)},
         {"role": "user", "content": first_message(task)},
     ]
     cutoff = len(turns) - policy.keep_full
@@ -125,7 +125,7 @@ def build_request(
     return ModelRequest(
         model=model,
         messages=tuple(build_messages(task, turns, policy, tools=tools)),
-        tools=tools.schemas(),
+        tools=tools.schemas(task.target),
         max_tokens=max_tokens,
         temperature=temperature,
     )

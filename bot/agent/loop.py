@@ -19,9 +19,16 @@ from bot.agent.steps import Timed
 from bot.agent.tools import EditRules, InvalidCall, Tool, Toolbox, ToolCall, apply_edit
 from bot.journal import digest
 from bot.sandbox.base import TestResult, Workspace
+from bot.text import clip
 from bot.verdict import Proof
 
 MAX_SHRINK = 3
+# Edits in a row that changed nothing (a refusal and two repeats of it) before the
+# conversation starts over from the best candidate: debugging ability falls off after 2-3
+# failed attempts, and a fresh start recovers it.
+NO_PROGRESS_LIMIT = 3
+RESTART_TEMPERATURE_STEP = 0.3
+TARGET_CHARS = 3000
 
 
 class OutcomeKind(StrEnum):
@@ -123,6 +130,10 @@ class _State:
     tokens: int = 0
     elapsed: float = 0.0
     invalid_streak: int = 0
+    # Refused or unchanged edits in a row: weak models repeat a refused call verbatim.
+    no_progress: int = 0
+    last_edit: str | None = None  # digest of the previous edit call
+    restarts: int = 0
     last: tuple[str, TestResult] | None = None  # (files digest, result)
     best: tuple[tuple[int, int], dict[str, str], TestResult] | None = None
     base: TestResult | None = None
@@ -279,6 +290,8 @@ class _Runner:
             ended = self.dispatch(parsed)
             if ended is not None:
                 return ended
+            if s.no_progress >= NO_PROGRESS_LIMIT:
+                self.restart()
 
     def _record(
         self,
@@ -314,21 +327,69 @@ class _Runner:
         observed = render_test_output(result, limit=self.policy.observation_chars)
         return f"{prefix}\n\n{observed}" if prefix else observed
 
+    def target_view(self) -> str:
+        """The target as it stands, with line numbers: repair turns must edit what exists."""
+        target = self.task.target
+        content = self.state.files.get(target)
+        if content is None:
+            return f"{target} does not exist yet: create it with write_file."
+        numbered = "\n".join(f"{i:4} | {line}" for i, line in enumerate(content.splitlines(), 1))
+        return f"Current content of {target}:\n{clip(numbered, TARGET_CHARS)}"
+
     def edit(self, call: ToolCall, assistant: Message, action: str) -> Outcome | None:
         s = self.state
+        call_digest = digest([call.name, call.arguments])
+        repeated = call_digest == s.last_edit
+        s.last_edit = call_digest
         edit = apply_edit(s.files, call, rules=self.rules)
         if not edit.applied:
-            self._observe(assistant, edit.message, f"{action}: refused", call.id)
-            self._record(action, edit.message)
+            s.no_progress += 1
+            message = edit.message
+            if repeated:
+                message = (
+                    "You repeated your previous call exactly, and it was refused again for the "
+                    f"same reason. Do something different.\n{message}"
+                )
+            self._observe(
+                assistant, f"{message}\n\n{self.target_view()}", f"{action}: refused", call.id
+            )
+            self._record(action, f"refused: {edit.message}")
             return None
+        s.no_progress = 0
         changed = tuple(p for p in edit.files if edit.files[p] != s.files.get(p))
         s.files = edit.files
+        note = edit.message
+        target = self.task.target
+        if target not in changed and target not in s.files:
+            note += (
+                f" Note: the tests import {target}, which does not exist yet; "
+                f"the code must go into {target}."
+            )
         result = self.run_tests()
-        self._observe(
-            assistant, self._tested(result, edit.message), f"{action}: {result.summary()}", call.id
-        )
+        observed = self._tested(result, note)
+        if not result.ok:
+            observed += f"\n\n{self.target_view()}"
+        self._observe(assistant, observed, f"{action}: {result.summary()}", call.id)
         self._record(action, edit.message, changed=changed, tests=result)
         return self.outcome(OutcomeKind.PASSED, "all tests pass") if result.ok else None
+
+    def restart(self) -> None:
+        """Start the conversation over from the best candidate, a little more adventurous."""
+        s = self.state
+        s.restarts += 1
+        s.no_progress = 0
+        s.last_edit = None
+        if s.best is not None:
+            s.files = dict(s.best[1])
+        result = s.best[2] if s.best is not None else s.last[1] if s.last else None
+        self.temperature = min(self.temperature + RESTART_TEMPERATURE_STEP, 1.0)
+        text = (
+            "Starting over: the last attempts changed nothing. Here is the best candidate so "
+            f"far and its test output.\n\n{self.target_view()}"
+        )
+        if result is not None:
+            text += "\n\n" + self._tested(result)
+        s.turns = [Turn(None, text, "started over from the best candidate", None)]
 
     def read(self, call: ToolCall, assistant: Message, action: str) -> Outcome | None:
         path = call.arguments["path"]
@@ -363,15 +424,15 @@ class _Runner:
 
 
 Handler = Callable[[_Runner, ToolCall, Message, str], Outcome | None]
-_PATH = {"type": "string", "description": "Path relative to the repository root"}
+_PATH = {"type": "string", "description": "Path relative to the repository root, e.g. {target}"}
 
 TOOLS: Toolbox[Handler] = Toolbox(
     [
         Tool(
             "write_file",
             "write_file(path, content)",
-            "Create or replace a whole file. Prefer this for new files. The tests run "
-            "automatically afterwards.",
+            "Create or replace a whole file; the code under test goes into {target}. The "
+            "tests run automatically afterwards.",
             {"path": _PATH, "content": {"type": "string", "description": "The whole file"}},
             _Runner.edit,
             required=("path", "content"),

@@ -31,15 +31,19 @@ class Tool(Generic[H]):
     required: tuple[str, ...] = ()
     describe: Callable[[dict[str, Any]], str] | None = None
 
-    def schema(self) -> dict[str, Any]:
+    def schema(self, target: str = "the module the task names") -> dict[str, Any]:
+        """The JSON schema the model sees; `{target}` in descriptions becomes the real target
+        (a sample name in a schema gets copied into calls for other tasks)."""
         return {
             "type": "function",
             "function": {
                 "name": self.name,
-                "description": self.description,
+                "description": self.description.replace("{target}", target),
                 "parameters": {
                     "type": "object",
-                    "properties": self.parameters,
+                    "properties": json.loads(
+                        json.dumps(self.parameters).replace("{target}", target)
+                    ),
                     **({"required": list(self.required)} if self.required else {}),
                 },
             },
@@ -72,11 +76,14 @@ class Toolbox(Generic[H]):
     def names(self) -> tuple[str, ...]:
         return tuple(self.tools)
 
-    def schemas(self) -> tuple[dict[str, Any], ...]:
-        return tuple(t.schema() for t in self.tools.values())
+    def schemas(self, target: str = "the module the task names") -> tuple[dict[str, Any], ...]:
+        return tuple(t.schema(target) for t in self.tools.values())
 
-    def prompt_list(self) -> str:
-        return "\n".join(f"  - {t.signature}: {t.description}" for t in self.tools.values())
+    def prompt_list(self, target: str = "the module the task names") -> str:
+        return "\n".join(
+            f"  - {t.signature}: {t.description.replace('{target}', target)}"
+            for t in self.tools.values()
+        )
 
     def handler(self, call: ToolCall) -> H:
         return self.tools[call.name].handler
@@ -167,6 +174,38 @@ def _syntax_error(path: str, content: str) -> str | None:
     return None
 
 
+def module_name(path: str) -> str:
+    """The import name of a module file: `pkg/mod.py` → `pkg.mod`, `pkg/__init__.py` → `pkg`."""
+    parts = list(PurePosixPath(path).with_suffix("").parts)
+    if parts and parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports_itself(path: str, content: str) -> str | None:
+    """`from roman import f` inside roman.py: Python imports the half-run module again."""
+    if not path.endswith(".py"):
+        return None
+    own = module_name(path)
+    try:
+        tree = ast.parse(content)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        if own in names and isinstance(node, ast.Import | ast.ImportFrom):
+            return (
+                f"{path} line {node.lineno} imports {own} itself: that is a circular import. "
+                "Define the functions in this module instead of importing them. "
+                "The edit was not applied."
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class EditOutcome:
     files: dict[str, str]
@@ -198,7 +237,7 @@ def apply_edit(files: dict[str, str], call: ToolCall, *, rules: EditRules) -> Ed
         content = files[path].replace(old, new, 1)
     if len(content) > MAX_FILE_CHARS:
         return EditOutcome(files, f"{path} would exceed {MAX_FILE_CHARS} characters.", False)
-    broken = _syntax_error(path, content)
+    broken = _syntax_error(path, content) or _imports_itself(path, content)
     if broken:
         return EditOutcome(files, broken, False)
     hatches = rules.hatches(path, content)
