@@ -183,10 +183,11 @@ def task_from_args(args: argparse.Namespace) -> tuple[Task, str | None]:
     # The same rules as an issue's: an empty repository, the tests and an optional target.
     spec = IssueSpec(title="", text=text, inline_tests=tests, target=target or None)
     try:
-        built = build_task(spec, {})
+        built = build_task(spec, {}, installed=wiring.installed_modules())
     except NoTarget as exc:
         raise UsageError(
             "cannot tell which module to write from the tests' imports; pass --target mod.py"
+            + (f" ({exc})" if "several" in str(exc) else "")
         ) from exc
     except IssueError as exc:
         raise UsageError(str(exc)) from exc

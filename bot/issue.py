@@ -23,7 +23,7 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from bot.agent.context import Task
-from bot.agent.targets import infer_target
+from bot.agent.targets import target_candidates
 from bot.errors import IssueError, NoTarget, NoTests
 from bot.paths import relative_path
 
@@ -303,26 +303,60 @@ def _module_files(repo_files: dict[str, str]) -> dict[str, str]:
     return provided
 
 
-def _infer(tests: dict[str, str], repo_files: dict[str, str]) -> str | None:
+def _infer(
+    tests: dict[str, str], repo_files: dict[str, str], installed: frozenset[str]
+) -> str | None:
     """The module to write, preferring one the repository does not have yet.
 
-    A module the tests import that does not exist is what the issue asks for. When every
-    imported module exists, the issue asks to change one: the most imported one, at the
-    path that provides it (so a package's `__init__.py`, not a new `pkg.py` that Python
-    would never import next to the package).
+    A module the tests import that does not exist is what the issue asks for; several such
+    modules are a question for the maintainer (NoTarget), not a guess. When every imported
+    module exists, the issue asks to change one: the most imported one, at the path that
+    provides it (so a package's `__init__.py`, not a new `pkg.py` that Python would never
+    import next to the package).
     """
     provided = _module_files(repo_files)
-    new = infer_target(tests, existing=frozenset(provided))
-    if new is not None:
-        top = provided.get(new.split("/")[0] + ".py")
-        if "/" in new and top is not None and top.startswith("src/"):
-            return "src/" + new  # a new submodule goes beside its package's siblings
-        return new
-    changed = infer_target(tests, existing=frozenset())
-    return provided.get(changed, changed) if changed else None
+    new = target_candidates(tests, frozenset(provided), installed)
+    if len(new) > 1:
+        raise NoTarget(
+            "The tests import several modules that do not exist yet ("
+            + ", ".join(f"`{p}`" for p in new[:5])
+            + "): add a line `Target: module.py` naming the one to write."
+        )
+    if new:
+        top = provided.get(new[0].split("/")[0] + ".py")
+        if "/" in new[0] and top is not None and top.startswith("src/"):
+            return "src/" + new[0]  # a new submodule goes beside its package's siblings
+        return new[0]
+    changed = target_candidates(tests, frozenset(), installed)
+    return provided.get(changed[0], changed[0]) if changed else None
 
 
-def build_task(spec: IssueSpec, repo_files: dict[str, str], *, guidance: str | None = None) -> Task:
+def _hopeless(path: str, source: str) -> str | None:
+    """Why a test file can never decide a run (caught before any model call), or None."""
+    if not source.strip():
+        return f"`{path}` is empty: it has no tests to pass."
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as exc:
+        return f"`{path}` line {exc.lineno}: {exc.msg}. The tests must be valid Python."
+    if not any(
+        isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test")
+        for node in ast.walk(tree)
+    ):
+        return (
+            f"`{path}` defines no test: pytest collects functions named `test_*` "
+            "(at module level or in a `Test*` class)."
+        )
+    return None
+
+
+def build_task(
+    spec: IssueSpec,
+    repo_files: dict[str, str],
+    *,
+    guidance: str | None = None,
+    installed: frozenset[str] = frozenset(),
+) -> Task:
     """The task for the loop; `repo_files` is the repository at its default branch.
 
     Tests are the inline blocks plus the named files (an inline block wins over a repo file
@@ -362,6 +396,10 @@ def build_task(spec: IssueSpec, repo_files: dict[str, str], *, guidance: str | N
             "The issue has only test support files (conftest.py) and no tests: add pytest "
             "tests in a ```python block, or a `Tests: tests/test_x.py` line."
         )
+    for path in sorted(p for p in tests if _is_test_file(p)):
+        problem = _hopeless(path, tests[path])
+        if problem:
+            raise IssueError(problem)
     if spec.target is not None:
         target = _checked(spec.target, "Target")
         name = PurePosixPath(target).name
@@ -371,7 +409,7 @@ def build_task(spec: IssueSpec, repo_files: dict[str, str], *, guidance: str | N
                 "import, e.g. `Target: roman.py`."
             )
     else:
-        inferred = _infer(tests, repo_files)
+        inferred = _infer(tests, repo_files, installed)
         if inferred is None:
             raise NoTarget(
                 "Cannot tell which module to write: the tests import nothing outside the "

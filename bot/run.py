@@ -196,6 +196,11 @@ class Executor:
     def budget(self) -> Budget:
         return self.config.budget
 
+    @property
+    def installed(self) -> frozenset[str]:
+        """Import names of the test environment's packages: never a target to write."""
+        return self.config.shadowed
+
     def run(
         self,
         request: RunRequest,

@@ -172,3 +172,25 @@ def test_tests_that_already_pass_end_as_nothing_to_do_without_a_model_call(
     assert json.loads(captured.out)["outcome"] == "nothing_to_do"
     assert "[nothing_to_do] every test already passes at the base commit" in captured.err
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("tests", "message"),
+    [
+        ("", "is empty"),
+        ("from calc import add\ndef test_add(:\n", "line 2"),
+        ("from calc import add\n", "defines no test"),
+        # httpx is installed in the test environment: never a module to write.
+        ("import httpx\n\ndef test_get():\n    assert httpx\n", "pass --target"),
+    ],
+    ids=["empty", "unparsable", "no-test", "third-party-import"],
+)
+def test_hopeless_tasks_end_before_any_model_request(
+    tests: str, message: str, tmp_path, fake, capsys
+) -> None:
+    (tmp_path / "test_calc.py").write_text(tests)
+    argv = ["solve", "--task", "x", "--tests", str(tmp_path / "test_calc.py")]
+    assert main(argv, environ=env(fake, None, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert message in err and ("test_calc.py" in err or "--target" in err)
+    assert fake.requests == []

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.errors import IssueError
+from bot.errors import IssueError, NoTarget
 from bot.issue import (
     GUIDANCE_HEADING,
     IssueSpec,
@@ -433,3 +433,44 @@ def test_default_names_avoid_named_test_paths() -> None:
     }
     # Only the issue's own tests are committed; the repository's stay untouched.
     assert task.new_tests == ("tests/test_calc.py",)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("", "is empty"),
+        ("   \n\n", "is empty"),
+        ("from calc import add\n\ndef test_add(:\n    pass\n", "line 3"),
+        ("from calc import add\n\nx = add(1, 2)\n", "defines no test"),
+    ],
+    ids=["empty", "blank", "syntax-error", "no-test-items"],
+)
+def test_hopeless_test_files_are_refused_naming_the_file(source: str, message: str) -> None:
+    body = "Tests: tests/test_calc.py\n\nTarget: calc.py\n"
+    with pytest.raises(IssueError, match=message) as caught:
+        build_task(parse_issue("calc", body), {"tests/test_calc.py": source})
+    assert "tests/test_calc.py" in str(caught.value)
+
+
+def test_target_inference_never_picks_an_installed_package_and_asks_when_unsure() -> None:
+    tests = {
+        "test_x.py": "import requests\nimport yaml\nfrom slugs import slugify\n\n"
+        "def test_x():\n    assert slugify\n"
+    }
+    spec = IssueSpec(title="t", text="t", inline_tests=tests)
+    installed = frozenset({"requests", "yaml"})
+    assert build_task(spec, {}, installed=installed).target == "slugs.py"
+    two = IssueSpec(
+        title="t",
+        text="t",
+        inline_tests={"test_x.py": "import alpha\nimport beta\n\ndef test_x():\n    pass\n"},
+    )
+    with pytest.raises(NoTarget, match=r"several modules.*`alpha.py`.*`beta.py`.*Target:"):
+        build_task(two, {})
+    # `import pkg` beside `from pkg.mod import f` is one target, the submodule.
+    one = IssueSpec(
+        title="t",
+        text="t",
+        inline_tests={"test_x.py": "import pkg\nfrom pkg.mod import f\n\ndef test_f():\n    f()\n"},
+    )
+    assert build_task(one, {}).target == "pkg/mod.py"

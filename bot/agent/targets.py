@@ -32,22 +32,38 @@ def imported_modules(source: str) -> list[str]:
     return found
 
 
-def infer_target(tests: dict[str, str], existing: frozenset[str] = frozenset()) -> str | None:
-    """The module path the tests import that is not stdlib, a test, or an existing file.
+def target_candidates(
+    tests: dict[str, str],
+    existing: frozenset[str] = frozenset(),
+    installed: frozenset[str] = frozenset(),
+) -> list[str]:
+    """Module paths the tests import that are not the standard library, an installed package,
+    a test, or an existing file; the most imported first.
 
     `from roman import to_roman` gives `roman.py`; `from pkg.mod import x` gives `pkg/mod.py`.
+    Importing `requests` never makes `requests.py` a candidate when requests is installed.
     """
     test_modules = {PurePosixPath(p).stem for p in tests}
     counts: Counter[str] = Counter()
     for source in tests.values():
         for module in imported_modules(source):
             top = module.split(".")[0]
-            if top in _NOT_TARGETS or top in test_modules:
+            if top in _NOT_TARGETS or top in installed or top in test_modules:
                 continue
             path = module.replace(".", "/") + ".py"
             if path in existing:
                 continue
             counts[path] += 1
-    if not counts:
-        return None
-    return counts.most_common(1)[0][0]
+    ranked = [path for path, _ in counts.most_common()]
+    # `import pkg` next to `from pkg.mod import f` names one target, the submodule.
+    return [p for p in ranked if not any(o.startswith(p[: -len(".py")] + "/") for o in ranked)]
+
+
+def infer_target(
+    tests: dict[str, str],
+    existing: frozenset[str] = frozenset(),
+    installed: frozenset[str] = frozenset(),
+) -> str | None:
+    """The one module the tests ask for, or None when there is none (or more than one)."""
+    found = target_candidates(tests, existing, installed)
+    return found[0] if len(found) == 1 else None

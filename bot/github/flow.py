@@ -62,6 +62,9 @@ class RunExecutor(Protocol):
     @property
     def budget(self) -> Budget: ...
 
+    @property
+    def installed(self) -> frozenset[str]: ...
+
     def run(self, request: RunRequest, *, reporter: Reporter | None = None) -> Outcome: ...
 
 
@@ -242,7 +245,7 @@ def _solve_and_publish(
         raise GitHubError(f"the default branch {base_branch} has no commits")
     repo_files = api.read_tree(base_sha)
     try:
-        task = build_task(spec, repo_files, guidance=guidance)
+        task = build_task(spec, repo_files, guidance=guidance, installed=executor.installed)
     except NoTests:
         return _explain(api, report_on, no_tests_message(trigger_label))
     except IssueError as exc:
