@@ -36,6 +36,7 @@ from bot.errors import (
 from bot.issue import IssueSpec, build_task
 from bot.journal import list_runs, load_run
 from bot.paths import is_relative_path
+from bot.pricing import cost_words, usd
 from bot.progress import TerminalReporter
 from bot.run import RunRequest
 from bot.text import tail_lines
@@ -230,6 +231,7 @@ def outcome_json(run_id: str, outcome: Outcome, written: list[Path]) -> dict[str
         "reason": outcome.reason,
         "iterations": [it.to_dict() for it in outcome.iterations],
         "tokens": outcome.tokens,
+        "cost_usd": round(outcome.cost, 8),
         "seconds": round(outcome.elapsed, 3),
         "files": [str(p) for p in written],
         "tests": outcome.result.to_dict() if outcome.result else None,
@@ -253,6 +255,7 @@ def cmd_solve(args: argparse.Namespace, environ: dict[str, str], err: Console) -
         f"sandbox {wiring.sandbox_backend(settings)}, "
         f"budget {settings.max_iterations} iterations / {settings.max_total_tokens:,} tokens / "
         f"{settings.max_wall_seconds:.0f}s"
+        + (f" / {usd(settings.max_cost_usd)}" if settings.max_cost_usd is not None else "")
     )
     waited = {"said": False}
 
@@ -284,7 +287,7 @@ def cmd_solve(args: argparse.Namespace, environ: dict[str, str], err: Console) -
     if outcome.passed:
         reporter.info(
             f"[passed] {len(outcome.iterations)} iterations, {outcome.tokens:,} tokens, "
-            f"{outcome.elapsed:.1f}s. Wrote {where}."
+            f"{cost_words(outcome.cost, outcome.tokens)}, {outcome.elapsed:.1f}s. Wrote {where}."
         )
         return EXIT_OK
     if outcome.kind is OutcomeKind.NOTHING_TO_DO:
@@ -317,7 +320,7 @@ def cmd_runs(args: argparse.Namespace, environ: dict[str, str], out: Console) ->
         out.print("no runs yet: start one with `tdd-agent solve --help`")
         return EXIT_OK
     table = Table()
-    for name in ("run", "status", "iterations", "tokens", "duration", "started"):
+    for name in ("run", "status", "iterations", "tokens", "cost", "duration", "started"):
         table.add_column(name, no_wrap=True, min_width=len(name))
     table.add_column("task", no_wrap=True, overflow="ellipsis", ratio=1)
     for run in runs:
@@ -327,6 +330,7 @@ def cmd_runs(args: argparse.Namespace, environ: dict[str, str], out: Console) ->
             str(run.get("status", "?")),
             str(run.get("iterations", "-")),
             f"{run.get('tokens', 0):,}" if run.get("tokens") is not None else "-",
+            usd(float(run["cost_usd"])) if run.get("cost_usd") is not None else "-",
             f"{run['duration']:.1f}s" if run.get("duration") is not None else "-",
             started,
             str(run.get("title", ""))[:50],
@@ -346,7 +350,8 @@ def show_run(client: Any, run_id: str, out: Console, *, as_json: bool) -> int:
         return EXIT_OK
     out.print(
         f"run {run_id}: {meta.get('status', '?')} — {meta.get('reason', '')}\n"
-        f"task: {meta.get('title', '')} → {meta.get('target', '')}",
+        f"task: {meta.get('title', '')} → {meta.get('target', '')}"
+        + (f"\ncost: {usd(float(meta['cost_usd']))}" if meta.get("cost_usd") is not None else ""),
         highlight=False,
     )
     table = Table()

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     max_total_tokens: int = 200_000
     max_wall_seconds: float = 600.0
     max_invalid_replies: int = 3
+    max_cost_usd: float | None = None  # per run, checked against the next call's worst case
+    daily_cost_usd: float | None = None  # per installation and UTC day (the GitHub App)
+    # Prices per million tokens on top of the shipped table: JSON, or a JSON file's path.
+    model_prices: str | None = None
     # How many recent test outputs stay in full; older ones shrink to a one-line summary.
     keep_full_observations: int = 2
     observation_chars: int = 4000

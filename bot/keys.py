@@ -32,3 +32,8 @@ def issue_run_key(full_name: str, issue_number: int) -> str:
 def replied_key(full_name: str, number: int, user: str) -> str:
     """Marks that an outsider got the polite reply on this issue or PR (for an hour)."""
     return f"{PREFIX}:replied:{full_name}#{number}:{user}"
+
+
+def daily_cost_key(account: str, day: str) -> str:
+    """Dollars spent by runs of one installation (or account) on one UTC day (YYYY-MM-DD)."""
+    return f"{PREFIX}:cost:{account}:{day}"

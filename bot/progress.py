@@ -7,6 +7,7 @@ from rich.status import Status
 from rich.text import Text
 
 from bot.agent.loop import Budget, Iteration
+from bot.pricing import usd
 
 
 def iteration_line(it: Iteration, budget: Budget) -> str:
@@ -18,9 +19,10 @@ def iteration_line(it: Iteration, budget: Budget) -> str:
     else:
         outcome = it.note if len(it.note) <= 60 else it.note[:57] + "..."
     replay = " (replayed)" if it.replayed else ""
+    cost = f" · {usd(it.cost)}" if it.cost else ""
     return (
         f"[{it.number}/{budget.max_iterations}] {it.action} → {outcome} · "
-        f"{it.seconds:.1f}s · {it.tokens:,} tokens{replay}"
+        f"{it.seconds:.1f}s · {it.tokens:,} tokens{cost}{replay}"
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from bot.agent.loop import Budget, Iteration, Outcome, OutcomeKind, score
+from bot.pricing import cost_words, usd
 from bot.sandbox.base import TestResult
 from bot.text import clip, cut
 from bot.verdict import proof_rows, render_proof
@@ -316,9 +317,10 @@ def render_progress(
         parts.append("Last test output:\n\n" + _fenced(output))
     tokens = sum(it.tokens for it in iterations)
     seconds = sum(it.seconds for it in iterations)
+    cost = cost_words(sum(it.cost for it in iterations), tokens)
     parts.append(
         f"<sub>run {_code(run_id, 100)} · {tokens:,}/{budget.max_total_tokens:,} tokens · "
-        f"{_duration(seconds)}</sub>"
+        f"{cost} · {_duration(seconds)}</sub>"
     )
     return _within("\n\n".join(parts), GITHUB_BODY_LIMIT)
 
@@ -391,6 +393,7 @@ def render_pr_body(
             f"- **Tests on this code:** {_tests_cell(result)}",
             f"- **Iterations:** {len(outcome.iterations)}/{budget.max_iterations}",
             f"- **Tokens:** {outcome.tokens:,}/{budget.max_total_tokens:,}",
+            f"- **Cost:** {cost_words(outcome.cost, outcome.tokens)}",
             f"- **Time:** {_duration(outcome.elapsed)}",
             "- **Files:** " + (", ".join(_code(p, 100) for p in sorted(outcome.files)) or "none"),
             f"- **Run:** {_code(run_id, 100)}",
@@ -454,7 +457,7 @@ def render_check_run(*, outcome: Outcome) -> dict[str, str]:
         [
             f"**{title}** — {_plain(outcome.reason)}",
             f"{len(outcome.iterations)} iterations · {outcome.tokens:,} tokens · "
-            f"{_duration(outcome.elapsed)}",
+            f"{cost_words(outcome.cost, outcome.tokens)} · {_duration(outcome.elapsed)}",
             render_outcome_proof(outcome),
             _table(outcome.iterations, changes=True) if outcome.iterations else "",
         ]
@@ -530,4 +533,15 @@ def issue_problem_message(problem: str, trigger_label: str) -> str:
     return (
         f"⚠️ I can't start on this issue yet: {problem}\n\n"
         f"Edit the issue, then remove and re-apply the `{trigger_label}` label."
+    )
+
+
+def daily_cap_message(*, spent: float, cap: float, seconds_left: float, trigger_label: str) -> str:
+    """The reply when the installation's daily spending cap stops a run from starting."""
+    hours, minutes = int(seconds_left // 3600), int(seconds_left % 3600 // 60)
+    return (
+        f"⏸️ tdd-agent has reached its daily spending cap for this installation "
+        f"({usd(spent)} of {usd(cap)} today, UTC), so I haven't started a run. Runs can start "
+        f"again after 00:00 UTC, in about {hours} h {minutes} min: apply the "
+        f"`{_plain(trigger_label, 50)}` label again then."
     )

@@ -18,6 +18,7 @@ from bot.agent.steps import JournaledSteps
 from bot.agent.tools import EditRules
 from bot.errors import JournalMismatch, LeaseLost
 from bot.journal import RunJournal, digest
+from bot.pricing import Price
 from bot.sandbox.base import RemoteSandbox, Sandbox, TestResult
 from bot.sandbox.pytest_run import PytestConfig
 from bot.verdict import Proof, judge, plant_canaries, static_test_counts, test_hashes
@@ -35,6 +36,7 @@ class RunConfig:
     lease_seconds: float = 10.0
     # Import names the test environment provides: a candidate module may not shadow them.
     shadowed: frozenset[str] = frozenset()
+    price: Price | None = None  # the model's price; None: unknown, runs cost 0
 
 
 def edit_rules(task: Task, config: RunConfig, initial_files: dict[str, str] | None) -> EditRules:
@@ -104,7 +106,7 @@ def execute(
         try:
             outcome = solve(
                 request.task,
-                JournaledSteps(journal, model, sandbox),
+                JournaledSteps(journal, model, sandbox, price=config.price),
                 budget=config.budget,
                 policy=config.policy,
                 model=config.model,
@@ -113,6 +115,7 @@ def execute(
                 reporter=reporter,
                 initial_files=request.initial_files,
                 rules=edit_rules(request.task, config, request.initial_files),
+                price=config.price,
             )
             if outcome.passed and verifier is not None:
                 outcome = verified(outcome, request, journal, verifier)
@@ -126,6 +129,8 @@ def execute(
             reason=outcome.reason,
             iterations=len(outcome.iterations),
             tokens=outcome.tokens,
+            cost_usd=round(outcome.cost, 8),
+            price_known=config.price is not None,
             duration=round(outcome.elapsed, 3),
             files=outcome.files,
             result=outcome.result.to_dict() if outcome.result else None,

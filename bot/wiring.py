@@ -7,6 +7,8 @@ import functools
 import importlib.metadata
 import json
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,8 @@ from bot.errors import ConfigError
 from bot.github.api import RepoApi, app_client
 from bot.github.webhooks import Repo
 from bot.journal import Lease
-from bot.keys import issue_lock_key, issue_run_key, replied_key, run_key
+from bot.keys import daily_cost_key, issue_lock_key, issue_run_key, replied_key, run_key
+from bot.pricing import price_table
 from bot.redis_server import connect, ensure_embedded_redis, reachable, redact
 from bot.run import Executor, RunConfig
 from bot.sandbox.base import Sandbox
@@ -40,6 +43,7 @@ def budget(settings: Settings) -> Budget:
         max_total_tokens=settings.max_total_tokens,
         max_wall_seconds=settings.max_wall_seconds,
         max_invalid_replies=settings.max_invalid_replies,
+        max_cost_usd=settings.max_cost_usd,
     )
 
 
@@ -67,6 +71,7 @@ def run_config(settings: Settings) -> RunConfig:
         temperature=settings.model_temperature,
         lease_seconds=settings.lease_seconds,
         shadowed=installed_modules(),
+        price=price_table(settings.model_prices).get(model_name(settings)),
     )
 
 
@@ -343,3 +348,34 @@ class ReplyThrottle:
     def first(self, repo: Repo, number: int, user: str) -> bool:
         key = replied_key(repo.full_name, number, user)
         return bool(self.redis.set(key, "1", nx=True, ex=self.seconds))
+
+
+class DailySpend:
+    """Money spent per installation and UTC day: a Redis counter that expires with the day."""
+
+    def __init__(self, client: redis.Redis, *, clock: Callable[[], float] = time.time) -> None:
+        self.redis = client
+        self.clock = clock
+
+    def _key(self, repo: Repo) -> str:
+        account = str(repo.installation_id) if repo.installation_id else repo.owner
+        day = time.strftime("%Y-%m-%d", time.gmtime(self.clock()))
+        return daily_cost_key(account, day)
+
+    def spent(self, repo: Repo) -> float:
+        raw = self.redis.get(self._key(repo))
+        return float(raw) if raw is not None else 0.0
+
+    def add(self, repo: Repo, amount: float, *, run_id: str) -> None:
+        """Count a finished run's cost once, however often its job runs again."""
+        if amount <= 0 or not self.redis.set(f"{run_key(run_id, 'costed')}", "1", nx=True):
+            return
+        key = self._key(repo)
+        with self.redis.pipeline() as pipe:
+            pipe.incrbyfloat(key, amount)
+            pipe.expire(key, 2 * 24 * 3600)
+            pipe.execute()
+
+    def seconds_to_midnight(self) -> float:
+        now = self.clock()
+        return 24 * 3600 - now % (24 * 3600)

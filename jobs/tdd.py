@@ -45,6 +45,8 @@ def run(action: Job, *, api: RepoApi, settings: Settings, client: redis.Redis, r
         runs=wiring.RunIndex(client),
         throttle=wiring.ReplyThrottle(client),
         trigger_label=settings.trigger_label,
+        spend=wiring.DailySpend(client),
+        daily_cost_usd=settings.daily_cost_usd,
     )
     if isinstance(action, StartRun):
         return flow.handle_issue(action, ctx, run_id=run_id).value

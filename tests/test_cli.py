@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
+from bot.journal import load_run
 from tests.fakes import groq as g
 
 TESTS = (
@@ -193,4 +194,64 @@ def test_hopeless_tasks_end_before_any_model_request(
     assert main(argv, environ=env(fake, None, tmp_path)) == 2
     err = capsys.readouterr().err
     assert message in err and ("test_calc.py" in err or "--target" in err)
+    assert fake.requests == []
+
+
+PRICES = '{"openai/gpt-oss-120b": {"input": 1000, "output": 2000}}'
+CALL_COST = 1000 * 1000 / 1e6 + 100 * 2000 / 1e6  # $1.20 for each scripted call below
+
+
+def priced(content: str) -> g.Reply:
+    args = {"path": "calc.py", "content": content}
+    return g.tool_call("write_file", args, prompt_tokens=1000, completion_tokens=100)
+
+
+def test_the_cost_is_the_same_in_progress_json_and_journal(
+    tmp_path, fake, redis_url, redis_client, capsys
+) -> None:
+    fake.script(priced(BAD), priced(GOOD))
+    payload = json.dumps({"task": "Write add(a, b).", "tests": TESTS})
+    environ = env(fake, redis_url, tmp_path, MODEL_PRICES=PRICES)
+    argv = ["solve", "--input", payload, "--out", str(tmp_path), "--json", "--run-id", "c-1"]
+    code = main(argv, environ=environ)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert result["cost_usd"] == pytest.approx(2 * CALL_COST)
+    meta, steps = load_run(redis_client, "c-1") or ({}, [])
+    assert meta["cost_usd"] == pytest.approx(2 * CALL_COST)
+    assert sum(s.meta.get("cost_usd", 0) for s in steps) == pytest.approx(2 * CALL_COST)
+    assert [it["cost"] for it in result["iterations"]] == pytest.approx([CALL_COST] * 2)
+    assert "$1.20" in captured.err and "$2.40" in captured.err  # progress lines, final line
+
+
+def test_max_cost_ends_the_run_before_the_call_that_would_cross_it(
+    tmp_path, fake, redis_url, capsys
+) -> None:
+    fake.script(priced(BAD), priced(GOOD))
+    payload = json.dumps({"task": "Write add(a, b).", "tests": TESTS})
+    # A call's worst case is its prompt plus 1,000 answer tokens ($2): the first call fits
+    # under $4, the second (after $1.20 spent) would not.
+    environ = env(
+        fake, redis_url, tmp_path, MODEL_PRICES=PRICES, MAX_COST_USD="4", MODEL_MAX_TOKENS="1000"
+    )
+    code = main(["solve", "--input", payload, "--out", str(tmp_path), "--json"], environ=environ)
+    result = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert result["outcome"] == "budget_exhausted" and "cost" in result["reason"]
+    assert len(fake.requests) == 1
+    assert result["cost_usd"] == pytest.approx(CALL_COST)
+
+
+def test_a_prompt_over_the_token_budget_ends_before_any_model_request(
+    tmp_path, fake, redis_url, capsys
+) -> None:
+    huge = "# " + "x" * 1_000_000 + "\n" + TESTS
+    payload = json.dumps({"task": "Write add(a, b).", "tests": huge})
+    argv = ["solve", "--input", payload, "--out", str(tmp_path), "--json"]
+    code = main(argv, environ=env(fake, redis_url, tmp_path))
+    result = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert "the prompt alone is about" in result["reason"]
+    assert "MAX_TOTAL_TOKENS" in result["reason"]
     assert fake.requests == []

@@ -23,8 +23,10 @@ import uvicorn
 
 from bot.config import load_settings
 from bot.github.webhooks import Repo, sign
+from bot.journal import load_run
+from bot.report import parse_pr_marker
 from bot.web import create_app
-from bot.wiring import IssueLocks
+from bot.wiring import DailySpend, IssueLocks
 from tests.fakes import groq as g
 from tests.fakes.github import FakeGitHub, generate_pem
 from tests.support import GOOD, HALF, ISSUE_BODY, free_port
@@ -633,3 +635,32 @@ def test_a_retry_after_publishing_failed_for_good_publishes_without_asking_the_m
     (check,) = stack.github.check_runs(REPO)
     assert check["conclusion"] == "success"
     assert len(stack.github.calls_to("POST", "/repos/{owner}/{repo}/git/commits")) == 1
+
+
+def test_the_cost_is_the_same_in_the_journal_the_pr_and_the_progress_comment(
+    stack: Stack,
+) -> None:
+    stack.env["MODEL_PRICES"] = '{"openai/gpt-oss-120b": {"input": 1000, "output": 2000}}'
+    args = {"path": "calc.py", "content": GOOD}
+    stack.groq.script(g.tool_call("write_file", args, prompt_tokens=1000, completion_tokens=100))
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    (pr,) = stack.github.pulls(REPO)
+    run_id = parse_pr_marker(pr["body"])["run"]  # type: ignore[index]
+    meta, _ = load_run(stack.redis, run_id) or ({}, [])
+    assert meta["cost_usd"] == pytest.approx(1.2)
+    assert "**Cost:** $1.20" in pr["body"]
+    progress = next(c for c in stack.github.comments(REPO, 1) if "progress" in c["body"])
+    assert "$1.20" in progress["body"]
+    assert "$1.20" in stack.github.check_runs(REPO)[0]["output"]["summary"]
+
+
+def test_the_daily_cost_cap_refuses_a_run_and_says_when_it_can_run(stack: Stack) -> None:
+    stack.env["DAILY_COST_USD"] = "5"
+    DailySpend(stack.redis).add(Repo("octo", "demo", 1), 5.5, run_id="earlier-run")
+    stack.groq.script(write(GOOD))
+    stack.deliver("issues", labeled_payload(1))
+    stack.work()
+    assert stack.groq.requests == [] and stack.github.pulls(REPO) == []
+    (comment,) = [c for c in stack.github.comments(REPO, 1) if "spending cap" in c["body"]]
+    assert "$5.50 of $5.00" in comment["body"] and "00:00 UTC" in comment["body"]

@@ -89,11 +89,22 @@ def test_budget_exhaustion_keeps_the_best_candidate(fake, sandbox) -> None:
 
 
 def test_token_budget_is_enforced_by_the_loop(fake, sandbox) -> None:
-    fake.script(write(HALF, "calc.py"), write(GOOD))
-    outcome = run(fake, sandbox, Budget(max_iterations=10, max_total_tokens=10))
+    first = g.tool_call(
+        "write_file", {"path": "calc.py", "content": HALF}, prompt_tokens=6000, completion_tokens=50
+    )
+    fake.script(first, write(GOOD))
+    outcome = run(fake, sandbox, Budget(max_iterations=10, max_total_tokens=6000))
     assert outcome.kind is OutcomeKind.BUDGET_EXHAUSTED
     assert outcome.reason.startswith("budget exhausted: tokens")
     assert len(fake.requests) == 1
+
+
+def test_a_prompt_over_the_token_budget_is_never_sent(fake, sandbox) -> None:
+    fake.script(write(GOOD))
+    outcome = run(fake, sandbox, Budget(max_iterations=10, max_total_tokens=10))
+    assert outcome.kind is OutcomeKind.BUDGET_EXHAUSTED
+    assert "the prompt alone is about" in outcome.reason
+    assert fake.requests == []
 
 
 def test_three_invalid_replies_in_a_row_end_the_run(fake, sandbox) -> None:

@@ -18,6 +18,7 @@ from bot.agent.model import Message, ModelReply, ModelRequest
 from bot.agent.steps import Timed
 from bot.agent.tools import EditRules, InvalidCall, Tool, Toolbox, ToolCall, apply_edit
 from bot.journal import digest
+from bot.pricing import Price, estimate_tokens, usd, worst_case_cost
 from bot.sandbox.base import TestResult, Workspace
 from bot.text import clip
 from bot.verdict import Proof
@@ -50,15 +51,30 @@ class Budget:
     max_total_tokens: int = 200_000
     max_wall_seconds: float = 600.0
     max_invalid_replies: int = 3
+    max_cost_usd: float | None = None  # None: no money cap
 
-    def exceeded(self, *, iterations: int, tokens: int, elapsed: float) -> str | None:
-        """Which limit is used up, or None."""
+    def exceeded(
+        self,
+        *,
+        iterations: int,
+        tokens: int,
+        elapsed: float,
+        cost: float = 0.0,
+        next_cost: float = 0.0,
+    ) -> str | None:
+        """Which limit is used up, or None. `next_cost` is the worst case of the next model
+        call: a run never ends above its money cap."""
         if iterations >= self.max_iterations:
             return f"iterations ({iterations}/{self.max_iterations})"
         if tokens >= self.max_total_tokens:
             return f"tokens ({tokens}/{self.max_total_tokens})"
         if elapsed >= self.max_wall_seconds:
             return f"wall time ({elapsed:.0f}s/{self.max_wall_seconds:.0f}s)"
+        if self.max_cost_usd is not None and cost + next_cost > self.max_cost_usd:
+            return (
+                f"cost ({usd(cost)} spent; the next call could cost up to {usd(next_cost)}, "
+                f"over the cap of {usd(self.max_cost_usd)})"
+            )
         return None
 
 
@@ -74,6 +90,7 @@ class Iteration:
     changed: tuple[str, ...] = ()
     tests: TestResult | None = None
     replayed: bool = False
+    cost: float = 0.0  # US dollars of this turn's model call
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "tests"}
@@ -93,6 +110,7 @@ class Outcome:
     tokens: int
     elapsed: float
     base: TestResult | None = None  # the tests at the base commit, before any model turn
+    cost: float = 0.0  # US dollars of model calls (0 when the model's price is unknown)
     proof: Proof | None = None  # the verification run that confirmed (or refuted) a pass
 
     @property
@@ -129,6 +147,7 @@ class _State:
     iterations: list[Iteration] = field(default_factory=list)
     tokens: int = 0
     elapsed: float = 0.0
+    cost: float = 0.0
     invalid_streak: int = 0
     # Refused or unchanged edits in a row: weak models repeat a refused call verbatim.
     no_progress: int = 0
@@ -180,6 +199,7 @@ class _Runner:
         reporter: Reporter,
         initial_files: dict[str, str] | None,
         rules: EditRules | None = None,
+        price: Price | None = None,
     ) -> None:
         self.task = task
         self.steps = steps
@@ -188,10 +208,11 @@ class _Runner:
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
+        self.price = price
         self.reporter = reporter
         self.rules = rules or EditRules(tests=frozenset(task.tests))
         self.state = _State(files=dict(initial_files or {}))
-        self._mark = (0, 0, 0.0)
+        self._mark = (0, 0, 0.0, 0.0)
         self._replayed = False
 
     def workspace(self) -> Workspace:
@@ -211,25 +232,34 @@ class _Runner:
             self.state.best = (score(result), dict(self.state.files), result)
         return result
 
+    def request(self, level: int = 0) -> ModelRequest:
+        return build_request(
+            self.task,
+            self.state.turns,
+            shrunk(self.policy, level),
+            tools=TOOLS,
+            model=self.model,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+        )
+
     def ask_model(self) -> ModelReply:
         """One model turn; a 413 shrinks the context and asks again."""
         for level in range(MAX_SHRINK + 1):
-            request = build_request(
-                self.task,
-                self.state.turns,
-                shrunk(self.policy, level),
-                tools=TOOLS,
-                model=self.model,
-                max_tokens=self.max_tokens,
-                temperature=self.temperature,
-            )
-            step = self.steps.model(request)
+            step = self.steps.model(self.request(level))
             reply, self._replayed = step.value, step.replayed
             self.state.elapsed += step.seconds
             self.state.tokens += reply.usage.total_tokens
+            if self.price is not None:
+                usage = reply.usage
+                self.state.cost += self.price.cost(usage.prompt_tokens, usage.completion_tokens)
             if not reply.too_large:
                 break
         return reply
+
+    def prompt_tokens(self) -> int:
+        """The next request's size before sending it (a generous estimate)."""
+        return estimate_tokens(json.dumps(self.request().to_dict(), ensure_ascii=False))
 
     def outcome(self, kind: OutcomeKind, reason: str) -> Outcome:
         s = self.state
@@ -239,7 +269,16 @@ class _Runner:
         else:
             _, files, result = s.best
         return Outcome(
-            kind, reason, files, result, last, tuple(s.iterations), s.tokens, s.elapsed, s.base
+            kind,
+            reason,
+            files,
+            result,
+            last,
+            tuple(s.iterations),
+            s.tokens,
+            s.elapsed,
+            s.base,
+            cost=s.cost,
         )
 
     def red_run(self) -> Outcome | None:
@@ -260,14 +299,28 @@ class _Runner:
         if ended is not None:
             return ended
         while True:
+            prompt = self.prompt_tokens()
+            if not s.iterations and prompt > self.budget.max_total_tokens:
+                return self.outcome(
+                    OutcomeKind.BUDGET_EXHAUSTED,
+                    f"budget exhausted: the prompt alone is about {prompt:,} tokens, over the "
+                    f"budget of {self.budget.max_total_tokens:,} (MAX_TOTAL_TOKENS); shorten "
+                    "the task or the tests, or raise the budget",
+                )
             limit = self.budget.exceeded(
-                iterations=len(s.iterations), tokens=s.tokens, elapsed=s.elapsed
+                iterations=len(s.iterations),
+                tokens=s.tokens,
+                elapsed=s.elapsed,
+                cost=s.cost,
+                next_cost=worst_case_cost(
+                    self.price, prompt_tokens=prompt, max_tokens=self.max_tokens
+                ),
             )
             if limit:
                 return self.outcome(OutcomeKind.BUDGET_EXHAUSTED, f"budget exhausted: {limit}")
             number = len(s.iterations) + 1
             self.reporter.iteration_started(number, self.budget)
-            self._mark = (number, s.tokens, s.elapsed)
+            self._mark = (number, s.tokens, s.elapsed, s.cost)
             reply = self.ask_model()
             if reply.too_large:
                 return self.outcome(
@@ -301,13 +354,14 @@ class _Runner:
         changed: tuple[str, ...] = (),
         tests: TestResult | None = None,
     ) -> None:
-        number, tokens0, elapsed0 = self._mark
+        number, tokens0, elapsed0, cost0 = self._mark
         it = Iteration(
             number=number,
             action=action,
             note=note,
             tokens=self.state.tokens - tokens0,
             seconds=self.state.elapsed - elapsed0,
+            cost=self.state.cost - cost0,
             replayed=self._replayed,
             changed=changed,
             tests=tests,
@@ -496,6 +550,7 @@ def solve(
     reporter: Reporter | None = None,
     initial_files: dict[str, str] | None = None,
     rules: EditRules | None = None,
+    price: Price | None = None,
 ) -> Outcome:
     """Run the loop until the tests pass, the model gives up, or the budget runs out."""
     runner = _Runner(
@@ -509,5 +564,6 @@ def solve(
         reporter=reporter or NullReporter(),
         initial_files=initial_files,
         rules=rules,
+        price=price,
     )
     return runner.loop()

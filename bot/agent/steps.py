@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from bot.agent.model import ModelClient, ModelReply, ModelRequest
 from bot.journal import RunJournal
+from bot.pricing import Price
 from bot.sandbox.base import Sandbox, TestResult, Workspace
 
 T = TypeVar("T")
@@ -44,15 +45,28 @@ class DirectSteps:
 class JournaledSteps:
     """Every model call and sandbox run recorded; a resumed run replays finished ones."""
 
-    def __init__(self, journal: RunJournal, model: ModelClient, sandbox: Sandbox) -> None:
+    def __init__(
+        self,
+        journal: RunJournal,
+        model: ModelClient,
+        sandbox: Sandbox,
+        *,
+        price: Price | None = None,
+    ) -> None:
         self.journal = journal
         self._model = model
         self._sandbox = sandbox
+        self._price = price
 
     def model(self, request: ModelRequest) -> Timed[ModelReply]:
         def call() -> tuple[dict[str, Any], dict[str, Any]]:
             reply = self._model.complete(request)
+            usage = reply.usage
+            cost = (
+                self._price.cost(usage.prompt_tokens, usage.completion_tokens) if self._price else 0
+            )
             return reply.to_dict(), {
+                "cost_usd": round(cost, 8),
                 "tokens": reply.usage.total_tokens,
                 "prompt_tokens": reply.usage.prompt_tokens,
                 "latency": reply.latency,

@@ -27,6 +27,7 @@ from bot.report import (
     PROGRESS_MARKER,
     RUNNING,
     already_running_message,
+    daily_cap_message,
     failure_message,
     issue_problem_message,
     parse_pr_marker,
@@ -50,6 +51,7 @@ class NoRun(StrEnum):
     BUSY = "busy"
     NO_TASK = "no-task"
     NOT_OURS = "not-ours"
+    DAILY_CAP = "daily-cap"
 
 
 # How a job ended: no run (and why), or the run's outcome.
@@ -86,6 +88,16 @@ class Throttle(Protocol):
     def first(self, repo: Repo, number: int, user: str) -> bool: ...
 
 
+class Spend(Protocol):
+    """Money spent per installation and UTC day (`bot.wiring.DailySpend`)."""
+
+    def spent(self, repo: Repo) -> float: ...
+
+    def add(self, repo: Repo, amount: float, *, run_id: str) -> None: ...
+
+    def seconds_to_midnight(self) -> float: ...
+
+
 @dataclass(frozen=True)
 class Context:
     """What a use case works with: the repository, the executor and the shared state."""
@@ -96,6 +108,8 @@ class Context:
     runs: Runs
     throttle: Throttle
     trigger_label: str
+    spend: Spend | None = None
+    daily_cost_usd: float | None = None  # per installation and UTC day; None: no cap
 
 
 def branch_for(issue_number: int) -> str:
@@ -250,6 +264,19 @@ def _solve_and_publish(
         return _explain(api, report_on, no_tests_message(trigger_label))
     except IssueError as exc:
         return _explain(api, report_on, issue_problem_message(str(exc), trigger_label))
+    if ctx.spend is not None and ctx.daily_cost_usd is not None:
+        spent = ctx.spend.spent(repo)
+        if spent >= ctx.daily_cost_usd:
+            api.comment(
+                report_on,
+                daily_cap_message(
+                    spent=spent,
+                    cap=ctx.daily_cost_usd,
+                    seconds_left=ctx.spend.seconds_to_midnight(),
+                    trigger_label=trigger_label,
+                ),
+            )
+            return NoRun.DAILY_CAP
     # A finished run of the same task whose publishing failed resumes from its journal: it
     # publishes without asking the model again.
     run_id = ctx.runs.resumable(repo, issue_number, digest(task.to_dict())) or run_id
@@ -274,6 +301,8 @@ def _solve_and_publish(
         progress.show("error", detail=str(exc)[:300])
         raise
     progress.iterations = list(outcome.iterations)
+    if ctx.spend is not None:
+        ctx.spend.add(repo, outcome.cost, run_id=run_id)
     if outcome.kind is OutcomeKind.NOTHING_TO_DO:
         ctx.runs.published(repo, issue_number)
         progress.show(outcome.kind.value)
