@@ -1,4 +1,8 @@
-"""RQ worker settings: `rq worker -c jobs.worker_config` (see Procfile).
+"""RQ worker settings: `rq worker -w jobs.worker.Worker -c jobs.worker_config` (see Procfile).
+
+RQ reads the worker class only from the command line (`-w`), never from this module: the
+class (jobs/worker.py) bounds the waits so a dead worker's job comes back within a minute,
+and waits out a Redis outage instead of quitting.
 
 RQ forks a work-horse per job from the worker's parent process, so whatever the parent
 loads here every job inherits for free: the job code and its heavy imports (githubkit,

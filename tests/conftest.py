@@ -46,3 +46,9 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first: they mostly wait on subprocesses, so starting them early lets the
+    fast ones fill the gaps on the other workers instead of the slowest one running last."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)

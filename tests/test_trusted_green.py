@@ -268,7 +268,7 @@ def sandbox() -> Iterator[LocalSandbox]:
 
 @pytest.mark.slow
 @settings(
-    max_examples=12,
+    max_examples=6,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
