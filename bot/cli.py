@@ -379,6 +379,17 @@ def show_run(client: Any, run_id: str, out: Console, *, as_json: bool) -> int:
             what,
         )
     out.print(table)
+    if meta.get("log"):
+        turns = Table(title="iterations", title_justify="left")
+        for name in ("#", "action"):
+            turns.add_column(name, no_wrap=True)
+        turns.add_column("result", overflow="fold", ratio=1)
+        for entry in meta["log"]:
+            note = str(entry.get("note", ""))
+            # A refused edit says why; an applied one says what the tests did.
+            result = note if note.startswith("refused") else entry.get("tests") or note
+            turns.add_row(str(entry.get("n", "")), str(entry.get("action", "")), str(result))
+        out.print(turns)
     last = next((s for s in reversed(steps) if s.kind == "sandbox" and s.output), None)
     if last is not None:
         out.print("last test output:", highlight=False)

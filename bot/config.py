@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     e2b_api_key: SecretStr | None = None
     # The template must provide python3 with pytest, and coreutils' timeout.
     e2b_template: str = "base"
+    # What E2B bills per sandbox second (2 vCPUs at its published rate); counted in a run's cost.
+    e2b_usd_per_second: float = 0.000028
     test_timeout: float = 60.0
     # One pytest server per run, a fork per test run: ~0.2x the time of a cold run.
     warm_runner: bool = True

@@ -37,6 +37,7 @@ class RunConfig:
     # Import names the test environment provides: a candidate module may not shadow them.
     shadowed: frozenset[str] = frozenset()
     price: Price | None = None  # the model's price; None: unknown, runs cost 0
+    sandbox_usd_per_second: float = 0.0  # what the sandbox backend bills (E2B), else 0
 
 
 def edit_rules(task: Task, config: RunConfig, initial_files: dict[str, str] | None) -> EditRules:
@@ -106,7 +107,13 @@ def execute(
         try:
             outcome = solve(
                 request.task,
-                JournaledSteps(journal, model, sandbox, price=config.price),
+                JournaledSteps(
+                    journal,
+                    model,
+                    sandbox,
+                    price=config.price,
+                    sandbox_usd_per_second=config.sandbox_usd_per_second,
+                ),
                 budget=config.budget,
                 policy=config.policy,
                 model=config.model,
@@ -116,6 +123,7 @@ def execute(
                 initial_files=request.initial_files,
                 rules=edit_rules(request.task, config, request.initial_files),
                 price=config.price,
+                sandbox_usd_per_second=config.sandbox_usd_per_second,
             )
             if outcome.passed and verifier is not None:
                 outcome = verified(outcome, request, journal, verifier)
@@ -131,6 +139,16 @@ def execute(
             tokens=outcome.tokens,
             cost_usd=round(outcome.cost, 8),
             price_known=config.price is not None,
+            # What each turn did, refusals with their reasons, for `tdd-agent runs show`.
+            log=[
+                {
+                    "n": it.number,
+                    "action": it.action,
+                    "note": it.note[:500],
+                    "tests": it.tests.summary() if it.tests else None,
+                }
+                for it in outcome.iterations
+            ],
             duration=round(outcome.elapsed, 3),
             files=outcome.files,
             result=outcome.result.to_dict() if outcome.result else None,

@@ -72,6 +72,9 @@ def run_config(settings: Settings) -> RunConfig:
         lease_seconds=settings.lease_seconds,
         shadowed=installed_modules(),
         price=price_table(settings.model_prices).get(model_name(settings)),
+        sandbox_usd_per_second=(
+            settings.e2b_usd_per_second if sandbox_backend(settings) == "e2b" else 0.0
+        ),
     )
 
 

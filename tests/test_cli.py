@@ -255,3 +255,17 @@ def test_a_prompt_over_the_token_budget_ends_before_any_model_request(
     assert "the prompt alone is about" in result["reason"]
     assert "MAX_TOTAL_TOKENS" in result["reason"]
     assert fake.requests == []
+
+
+def test_runs_show_lists_refused_edits_with_their_reason(tmp_path, fake, redis_url, capsys) -> None:
+    refused = g.tool_call("write_file", {"path": "pytest.ini", "content": "[pytest]\n"})
+    fake.script(refused, write(GOOD))
+    payload = json.dumps({"task": "Write add(a, b).", "tests": TESTS})
+    environ = env(fake, redis_url, tmp_path)
+    argv = ["solve", "--input", payload, "--out", str(tmp_path), "--run-id", "show-1"]
+    assert main(argv, environ=environ) == 0
+    capsys.readouterr()
+    assert main(["runs", "show", "show-1"], environ=environ) == 0
+    shown = capsys.readouterr().out
+    assert "iterations" in shown
+    assert "refused: pytest.ini" in shown and "write_file pytest.ini" in shown

@@ -101,3 +101,12 @@ def test_settings_become_domain_values_once() -> None:
         assert remote._sandbox_timeout == 800  # type: ignore[attr-defined]
     finally:
         remote.close()
+
+
+def test_a_runs_cost_counts_e2b_seconds_only_on_e2b() -> None:
+    assert wiring.run_config(load_settings({})).sandbox_usd_per_second == 0
+    e2b = wiring.run_config(load_settings({"E2B_API_KEY": "e2b_x", "E2B_USD_PER_SECOND": "0.5"}))
+    assert e2b.sandbox_usd_per_second == 0.5
+    priced = wiring.run_config(load_settings({"MODEL": "llama-3.1-8b-instant"}))
+    assert priced.price is not None and priced.price.input == 0.05
+    assert wiring.run_config(load_settings({"MODEL": "my-local-model"})).price is None

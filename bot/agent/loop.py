@@ -200,6 +200,7 @@ class _Runner:
         initial_files: dict[str, str] | None,
         rules: EditRules | None = None,
         price: Price | None = None,
+        sandbox_usd_per_second: float = 0.0,
     ) -> None:
         self.task = task
         self.steps = steps
@@ -209,6 +210,7 @@ class _Runner:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.price = price
+        self.sandbox_rate = sandbox_usd_per_second
         self.reporter = reporter
         self.rules = rules or EditRules(tests=frozenset(task.tests))
         self.state = _State(files=dict(initial_files or {}))
@@ -226,6 +228,7 @@ class _Runner:
         step = self.steps.tests(self.workspace())
         result = step.value
         self.state.elapsed += step.seconds
+        self.state.cost += step.seconds * self.sandbox_rate
         self.state.last = (files_digest, result)
         best = self.state.best
         if best is None or score(result) > best[0]:
@@ -551,6 +554,7 @@ def solve(
     initial_files: dict[str, str] | None = None,
     rules: EditRules | None = None,
     price: Price | None = None,
+    sandbox_usd_per_second: float = 0.0,
 ) -> Outcome:
     """Run the loop until the tests pass, the model gives up, or the budget runs out."""
     runner = _Runner(
@@ -565,5 +569,6 @@ def solve(
         initial_files=initial_files,
         rules=rules,
         price=price,
+        sandbox_usd_per_second=sandbox_usd_per_second,
     )
     return runner.loop()

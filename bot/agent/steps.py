@@ -52,8 +52,10 @@ class JournaledSteps:
         sandbox: Sandbox,
         *,
         price: Price | None = None,
+        sandbox_usd_per_second: float = 0.0,
     ) -> None:
         self.journal = journal
+        self._sandbox_rate = sandbox_usd_per_second
         self._model = model
         self._sandbox = sandbox
         self._price = price
@@ -80,7 +82,11 @@ class JournaledSteps:
     def tests(self, workspace: Workspace) -> Timed[TestResult]:
         def call() -> tuple[dict[str, Any], dict[str, Any]]:
             result = self._sandbox.run_tests(workspace)
-            return result.to_dict(), {"summary": result.summary(), "files": len(workspace)}
+            return result.to_dict(), {
+                "summary": result.summary(),
+                "files": len(workspace),
+                "cost_usd": round(result.duration * self._sandbox_rate, 8),
+            }
 
         step = self.journal.step("sandbox", workspace, call)
         return Timed(TestResult.from_dict(step.output), step.duration, step.replayed)
