@@ -310,6 +310,18 @@ def test_the_loop_solves_roman_numerals_in_every_mode(preset, sandbox) -> None:
     assert second.messages[:2] == first.messages[:2], "a stable prefix for the server's cache"
 
 
+@pytest.mark.slow
+def test_the_loop_solves_roman_numerals_from_plain_python_blocks(sandbox) -> None:
+    # A model that cannot call tools answers with the module in one ```python block: the
+    # loop takes that as write_file of the target.
+    replies = [o.python_block(HALF, before="Here it is:\n"), o.python_block(GOOD)]
+    with o.FakeOpenAICompat.preset("json_block", replies) as fake:
+        outcome = solve_roman(provider(fake), sandbox)
+    assert outcome.kind is OutcomeKind.PASSED, outcome.reason
+    assert outcome.files == {"roman.py": GOOD}
+    assert [it.action.split(" (")[0] for it in outcome.iterations] == ["write_file roman.py"] * 2
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 
