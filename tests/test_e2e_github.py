@@ -67,7 +67,17 @@ class Stack:
         """Run an RQ worker process until the queue is empty."""
         proc = subprocess.run(
             # The Procfile's worker, in burst mode.
-            [sys.executable, "-m", "rq.cli", "worker", "-c", "jobs.worker_config", "--burst"],
+            [
+                sys.executable,
+                "-m",
+                "rq.cli",
+                "worker",
+                "-w",
+                "jobs.worker.Worker",
+                "-c",
+                "jobs.worker_config",
+                "--burst",
+            ],
             env=self.env,
             cwd=ROOT,
             capture_output=True,
