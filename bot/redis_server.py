@@ -90,8 +90,9 @@ def ensure_embedded_redis(data_dir: Path, *, wait_seconds: float = 10.0) -> str:
     raise ConfigError(f"the embedded Redis did not come up within {wait_seconds}s: {tail}")
 
 
-def connect(url: str) -> redis.Redis:
-    """A client that rides out a Redis restart: connection errors are retried with backoff."""
+def connect(url: str, *, patience: float = 30.0) -> redis.Redis:
+    """A client that rides out a Redis restart: connection errors are retried with backoff
+    (capped at 2 s a try) for about `patience` seconds before they surface."""
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
@@ -100,6 +101,6 @@ def connect(url: str) -> redis.Redis:
         socket_connect_timeout=5,
         socket_timeout=30,
         health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=int(patience / 2) + 5),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )

@@ -94,7 +94,7 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def redis_client(settings: Settings, *, embedded: bool) -> redis.Redis:
+def redis_client(settings: Settings, *, embedded: bool, patience: float = 30.0) -> redis.Redis:
     """REDIS_URL's Redis (checked once, quickly); without it, the embedded one in the data
     directory (`embedded`, the CLI) or the conventional local server (web and worker)."""
     if settings.redis_url:
@@ -103,11 +103,11 @@ def redis_client(settings: Settings, *, embedded: bool) -> redis.Redis:
                 f"cannot reach Redis at REDIS_URL={redact(settings.redis_url)}; start it, fix "
                 "the URL, or unset REDIS_URL to use an embedded Redis"
             )
-        return connect(settings.redis_url)
+        return connect(settings.redis_url, patience=patience)
     if embedded:
         data_dir = settings.data_dir or Path(user_data_dir("tdd-agent"))
-        return connect(ensure_embedded_redis(data_dir))
-    return connect(SERVER_REDIS_URL)
+        return connect(ensure_embedded_redis(data_dir), patience=patience)
+    return connect(SERVER_REDIS_URL, patience=patience)
 
 
 # Local servers are slow: turns of a small model on two cores took up to 90 s.

@@ -15,6 +15,7 @@ from bot.github.api import RepoApi
 from bot.github.webhooks import Job, StartRun, action_from_json
 
 log = logging.getLogger("tdd_agent.jobs")
+JOB_REDIS_PATIENCE = 300.0
 
 
 def handle(action_json: str, run_id: str) -> str:
@@ -24,7 +25,9 @@ def handle(action_json: str, run_id: str) -> str:
     """
     action = action_from_json(action_json)
     settings = load_settings(process_environ())
-    client = wiring.redis_client(settings, embedded=False)
+    # Patient: a run in flight waits out a Redis outage of minutes (its steps' writes block
+    # until Redis is back) instead of failing and costing one of the job's retries.
+    client = wiring.redis_client(settings, embedded=False, patience=JOB_REDIS_PATIENCE)
     with wiring.GitHubApp(settings).repo_api(action.repo) as api:
         try:
             return run(action, api=api, settings=settings, client=client, run_id=run_id)
