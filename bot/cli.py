@@ -16,6 +16,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from platformdirs import user_data_dir
 from rich.console import Console
 from rich.table import Table
 
@@ -28,6 +29,7 @@ from bot.errors import (
     IssueError,
     JournalError,
     LeaseLost,
+    ModelError,
     NoTarget,
     SandboxUnavailable,
     TddAgentError,
@@ -35,9 +37,11 @@ from bot.errors import (
 )
 from bot.issue import IssueSpec, build_task
 from bot.journal import list_runs, load_run
+from bot.keys import run_key
 from bot.paths import is_relative_path
 from bot.pricing import cost_words, usd
 from bot.progress import TerminalReporter
+from bot.redis_server import check_url, embedded_status, stop_embedded_redis
 from bot.run import RunRequest
 from bot.text import tail_lines
 
@@ -51,6 +55,8 @@ examples:
   tdd-agent solve ... --run-id my-run     resume my-run from its journal
   tdd-agent runs                          recent runs
   tdd-agent runs show my-run              every step of a run
+  tdd-agent redis status                  is the embedded Redis running, and where
+  tdd-agent redis stop                    stop the embedded Redis (it outlives each command)
 
 configuration comes from the environment (or .env): GROQ_API_KEY (required for Groq,
 the default provider), MODEL, GROQ_BASE_URL; or MODEL_PROVIDER=openai with OPENAI_BASE_URL
@@ -137,7 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("run_id", nargs="?", help="the run to show")
     runs.add_argument("--limit", type=int, default=20, help="how many runs to list")
     runs.add_argument("--json", action="store_true", help="print JSON")
+
+    red = sub.add_parser(
+        "redis",
+        help="the embedded Redis: `redis status` or `redis stop`",
+        description="Without REDIS_URL the CLI keeps its journal in an embedded Redis in the "
+        "data directory (DATA_DIR); it keeps running after each command so the next one finds "
+        "the journal.",
+        epilog="exit status: status: 0 running, 1 not running; stop: 0 (also when not running)",
+    )
+    red.add_argument("action", choices=["status", "stop"], help="report on it, or shut it down")
     return parser
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 # -- solve --------------------------------------------------------------------------------
@@ -148,10 +168,17 @@ def _read(path: Path, what: str) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{what} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}); it must be UTF-8 text: save it as UTF-8"
+        ) from exc
 
 
 def task_from_args(args: argparse.Namespace) -> tuple[Task, str | None]:
     """The task from the solve arguments, and a note when the target was inferred."""
+    if args.task is not None and args.task_file is not None:
+        raise UsageError("give one of --task TEXT or --task-file PATH, not both")
     text: str | None = args.task
     tests: dict[str, str] = {}
     target: str | None = args.target
@@ -199,6 +226,32 @@ def task_from_args(args: argparse.Namespace) -> tuple[Task, str | None]:
     return task, note
 
 
+def check_solve_args(args: argparse.Namespace) -> None:
+    """The argument mistakes that would otherwise surface only after a paid run."""
+    for flag, value, default in [
+        ("--max-iterations", args.max_iterations, "8"),
+        ("--max-tokens", args.max_tokens, "200000"),
+        ("--max-seconds", args.max_seconds, "600"),
+    ]:
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be more than 0, not {value:g} (default {default})")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(
+            f"--out {args.out} is a file; give a directory (it is created when missing)"
+        )
+
+
+def check_redis_url(settings: Settings) -> None:
+    """A malformed REDIS_URL is a usage error before any model call or Redis start."""
+    if settings.redis_url:
+        check_url(settings.redis_url)
+
+
+def data_dir(settings: Settings) -> Path:
+    """Where the embedded Redis keeps its files (the same rule as wiring.redis_client)."""
+    return settings.data_dir or Path(user_data_dir("tdd-agent"))
+
+
 def _settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
     overrides: dict[str, Any] = {}
     for arg, field in [
@@ -239,8 +292,10 @@ def outcome_json(run_id: str, outcome: Outcome, written: list[Path]) -> dict[str
 
 
 def cmd_solve(args: argparse.Namespace, environ: dict[str, str], err: Console) -> int:
+    check_solve_args(args)
     task, note = task_from_args(args)
     settings = _settings(args, environ)
+    check_redis_url(settings)
     model = wiring.model_name(settings)
     model_client = wiring.model_client(settings)  # a missing key fails before Redis starts
     reporter = TerminalReporter(err, quiet=False)
@@ -253,7 +308,8 @@ def cmd_solve(args: argparse.Namespace, environ: dict[str, str], err: Console) -
     reporter.info(
         f"run {run_id}: model {model} ({settings.model_provider}), "
         f"sandbox {wiring.sandbox_backend(settings)}, "
-        f"budget {settings.max_iterations} iterations / {settings.max_total_tokens:,} tokens / "
+        f"budget {plural(settings.max_iterations, 'iteration')} / "
+        f"{settings.max_total_tokens:,} tokens / "
         f"{settings.max_wall_seconds:.0f}s"
         + (f" / {usd(settings.max_cost_usd)}" if settings.max_cost_usd is not None else "")
     )
@@ -278,6 +334,10 @@ def cmd_solve(args: argparse.Namespace, environ: dict[str, str], err: Console) -
         reporter.close()
         reporter.info(f"interrupted: resume with --run-id {run_id}")
         raise
+    except ModelError as exc:
+        reporter.close()
+        reporter.info(f"the model failed: {exc}; resume with --run-id {run_id}")
+        return EXIT_FAILED
     finally:
         reporter.close()
     written = write_files(args.out, outcome.files) if outcome.files else []
@@ -286,7 +346,8 @@ def cmd_solve(args: argparse.Namespace, environ: dict[str, str], err: Console) -
     where = ", ".join(str(p) for p in written) or "nothing"
     if outcome.passed:
         reporter.info(
-            f"[passed] {len(outcome.iterations)} iterations, {outcome.tokens:,} tokens, "
+            f"[passed] {plural(len(outcome.iterations), 'iteration')}, "
+            f"{outcome.tokens:,} tokens, "
             f"{cost_words(outcome.cost, outcome.tokens)}, {outcome.elapsed:.1f}s. Wrote {where}."
         )
         return EXIT_OK
@@ -305,38 +366,108 @@ def cmd_solve(args: argparse.Namespace, environ: dict[str, str], err: Console) -
 # -- runs ---------------------------------------------------------------------------------
 
 
+def run_status(client: Any, run_id: str, status: object) -> str:
+    """A run's status; "running" without a live lease is a run whose process died."""
+    if status == "running" and not client.exists(run_key(run_id, "lease")):
+        return "interrupted"
+    return str(status if status is not None else "?")
+
+
+# Columns of `tdd-agent runs` that give way, in this order, when the terminal is narrow.
+OPTIONAL_COLUMNS = ("task", "started", "cost", "duration", "tokens", "iterations")
+
+
+def runs_table(runs: list[dict[str, Any]], width: int) -> Table:
+    """The runs listing for a terminal `width` wide: the run id is never cut (it is what
+    users copy); other columns are dropped, the task first, until the rest fits."""
+    rows = []
+    for run in runs:
+        rows.append(
+            {
+                "run": run["run_id"],
+                "status": str(run.get("status", "?")),
+                "iterations": str(run.get("iterations", "-")),
+                "tokens": f"{run['tokens']:,}" if run.get("tokens") is not None else "-",
+                "cost": usd(float(run["cost_usd"])) if run.get("cost_usd") is not None else "-",
+                "duration": f"{run['duration']:.1f}s" if run.get("duration") is not None else "-",
+                "started": time.strftime("%m-%d %H:%M", time.localtime(run["created_at"])),
+                "task": str(run.get("title", ""))[:50],
+            }
+        )
+    names = ["run", "status", "iterations", "tokens", "cost", "duration", "started", "task"]
+
+    def needed(name: str) -> int:
+        # The task folds, so a few columns of it are enough; the others are kept whole.
+        longest = max(len(name), *(len(row[name]) for row in rows))
+        return min(longest, 12) if name == "task" else longest
+
+    def total(cols: list[str]) -> int:
+        return sum(needed(n) for n in cols) + 3 * len(cols) + 1  # padding and borders
+
+    for name in OPTIONAL_COLUMNS:
+        if total(names) <= width:
+            break
+        names.remove(name)
+    # Still too wide for the id and its status: drop the borders rather than cut the id.
+    table = Table() if total(names) <= width else Table(box=None, pad_edge=False)
+    for name in names:
+        if name == "task":
+            table.add_column(name, overflow="fold", ratio=1, min_width=4)
+        else:
+            table.add_column(name, no_wrap=True, min_width=needed(name))
+    for row in rows:
+        table.add_row(*(row[n] for n in names))
+    return table
+
+
 def cmd_runs(args: argparse.Namespace, environ: dict[str, str], out: Console) -> int:
     settings = load_settings(environ)
+    check_redis_url(settings)
     client = wiring.redis_client(settings, embedded=True)
     if args.action == "show":
         if not args.run_id:
             raise UsageError("usage: tdd-agent runs show RUN_ID")
         return show_run(client, args.run_id, out, as_json=args.json)
-    runs = list_runs(client, limit=args.limit)
+    runs = [
+        {**run, "status": run_status(client, run["run_id"], run.get("status"))}
+        for run in list_runs(client, limit=args.limit)
+    ]
     if args.json:
         print(json.dumps(runs, indent=2, default=str))
         return EXIT_OK
     if not runs:
         out.print("no runs yet: start one with `tdd-agent solve --help`")
         return EXIT_OK
-    table = Table()
-    for name in ("run", "status", "iterations", "tokens", "cost", "duration", "started"):
-        table.add_column(name, no_wrap=True, min_width=len(name))
-    table.add_column("task", no_wrap=True, overflow="ellipsis", ratio=1)
-    for run in runs:
-        started = time.strftime("%m-%d %H:%M", time.localtime(run["created_at"]))
-        table.add_row(
-            run["run_id"],
-            str(run.get("status", "?")),
-            str(run.get("iterations", "-")),
-            f"{run.get('tokens', 0):,}" if run.get("tokens") is not None else "-",
-            usd(float(run["cost_usd"])) if run.get("cost_usd") is not None else "-",
-            f"{run['duration']:.1f}s" if run.get("duration") is not None else "-",
-            started,
-            str(run.get("title", ""))[:50],
-        )
-    out.print(table)
+    out.print(runs_table(runs, out.width))
     return EXIT_OK
+
+
+def cmd_redis(args: argparse.Namespace, environ: dict[str, str], out: Console) -> int:
+    settings = load_settings(environ)
+    where = data_dir(settings)
+    note = (
+        "\n(REDIS_URL is set: the CLI uses that Redis, not this embedded one)"
+        if settings.redis_url
+        else ""
+    )
+    if args.action == "stop":
+        if stop_embedded_redis(where):
+            out.print(f"stopped the embedded Redis in {where}{note}", highlight=False)
+        else:
+            out.print(f"the embedded Redis in {where} is not running{note}", highlight=False)
+        return EXIT_OK
+    status = embedded_status(where)
+    aof = f"{status.aof_bytes:,} bytes" if status.aof_bytes is not None else "none yet"
+    out.print(
+        f"embedded Redis: {'running' if status.running else 'not running'}\n"
+        f"socket: {status.socket}\n"
+        f"data dir: {status.data_dir}\n"
+        f"pid: {status.pid if status.running and status.pid is not None else '-'}\n"
+        f"append-only file: {aof}" + note,
+        highlight=False,
+        markup=False,
+    )
+    return EXIT_OK if status.running else EXIT_FAILED
 
 
 def show_run(client: Any, run_id: str, out: Console, *, as_json: bool) -> int:
@@ -348,8 +479,9 @@ def show_run(client: Any, run_id: str, out: Console, *, as_json: bool) -> int:
         data = {"run_id": run_id, **meta, "steps": [s.__dict__ for s in steps]}
         print(json.dumps(data, indent=2, default=str))
         return EXIT_OK
+    status = run_status(client, run_id, meta.get("status"))
     out.print(
-        f"run {run_id}: {meta.get('status', '?')} — {meta.get('reason', '')}\n"
+        f"run {run_id}: {status} — {meta.get('reason', '')}\n"
         f"task: {meta.get('title', '')} → {meta.get('target', '')}"
         + (f"\ncost: {usd(float(meta['cost_usd']))}" if meta.get("cost_usd") is not None else ""),
         highlight=False,
@@ -404,14 +536,20 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     parser = build_parser()
     args = parser.parse_args(argv)
     err = Console(stderr=True, soft_wrap=True)
-    # Piped output gets a wide page rather than rich's 80 columns, so tables stay readable.
-    out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    env = process_environ() if environ is None else environ
+    # Piped output gets a wide page rather than rich's 80 columns, so tables stay readable;
+    # COLUMNS, when set, wins either way.
+    width = None if sys.stdout.isatty() else 160
+    if env.get("COLUMNS", "").isdigit() and int(env["COLUMNS"]) > 0:
+        width = int(env["COLUMNS"])
+    out = Console(soft_wrap=True, width=width)
     try:
-        env = process_environ() if environ is None else environ
         if args.command == "solve":
             return cmd_solve(args, env, err)
         if args.command == "runs":
             return cmd_runs(args, env, out)
+        if args.command == "redis":
+            return cmd_redis(args, env, out)
         parser.print_help()
         return EXIT_USAGE
     except (UsageError, ConfigError, SandboxUnavailable) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
-from bot.journal import load_run
+from bot.journal import RunJournal, load_run
 from tests.fakes import groq as g
 
 TESTS = (
@@ -269,3 +270,147 @@ def test_runs_show_lists_refused_edits_with_their_reason(tmp_path, fake, redis_u
     shown = capsys.readouterr().out
     assert "iterations" in shown
     assert "refused: pytest.ini" in shown and "write_file pytest.ini" in shown
+
+
+# -- the CLI's rough edges ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--max-iterations", "0"], "--max-iterations must be more than 0, not 0"),
+        (["--max-iterations", "-1"], "--max-iterations must be more than 0, not -1"),
+        (["--max-tokens", "0"], "--max-tokens must be more than 0"),
+        (["--max-seconds", "-2.5"], "--max-seconds must be more than 0, not -2.5"),
+        (["--task-file", "task.md"], "give one of --task TEXT or --task-file PATH, not both"),
+        (["--out", "taken.txt"], "is a file; give a directory"),
+    ],
+    ids=["iterations-0", "iterations-negative", "tokens", "seconds", "task-twice", "out-file"],
+)
+def test_argument_mistakes_exit_2_before_any_model_request(
+    extra: list[str], message: str, tmp_path, fake, capsys
+) -> None:
+    (tmp_path / "test_calc.py").write_text(TESTS)
+    (tmp_path / "task.md").write_text("add")
+    (tmp_path / "taken.txt").write_text("already here")
+    extra = [str(tmp_path / a) if a in ("task.md", "taken.txt") else a for a in extra]
+    argv = ["solve", "--task", "add", "--tests", str(tmp_path / "test_calc.py"), *extra]
+    assert main(argv, environ=env(fake, None, tmp_path)) == 2
+    assert message in capsys.readouterr().err
+    assert fake.requests == []
+    assert not (tmp_path / "data").exists()  # no embedded Redis was started
+    assert (tmp_path / "taken.txt").read_text() == "already here"
+
+
+@pytest.mark.parametrize("which", ["tests", "task"])
+def test_a_file_that_is_not_utf8_is_named_before_any_model_request(
+    which: str, tmp_path, fake, capsys
+) -> None:
+    tests, task = tmp_path / "test_calc.py", tmp_path / "task.md"
+    tests.write_text(TESTS)
+    task.write_text("Write add(a, b).")
+    (tests if which == "tests" else task).write_bytes(b"\xff\xfe")
+    argv = ["solve", "--task-file", str(task), "--tests", str(tests)]
+    assert main(argv, environ=env(fake, None, tmp_path)) == 2
+    err = capsys.readouterr().err
+    name = "tests file" if which == "tests" else "task file"
+    assert f"{name} {tests if which == 'tests' else task} is not UTF-8 text" in err
+    assert "must be UTF-8 text" in err and "Traceback" not in err
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("url", ["localhost:6379", "redis://:bad@["])
+@pytest.mark.parametrize("command", ["solve", "runs"])
+def test_a_malformed_redis_url_says_the_expected_form(
+    url: str, command: str, tmp_path, fake, capsys
+) -> None:
+    (tmp_path / "test_calc.py").write_text(TESTS)
+    argv = ["solve", "--task", "add", "--tests", str(tmp_path / "test_calc.py")]
+    code = main(argv if command == "solve" else ["runs"], environ=env(fake, url, tmp_path))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "is not a Redis URL" in err
+    assert "redis://host:port/db" in err and "unix:///path" in err
+    assert "bad" not in err  # the password stays out of the message
+    assert fake.requests == []
+    assert not (tmp_path / "data").exists()
+
+
+def test_runs_never_cuts_the_run_id_on_a_narrow_terminal(
+    tmp_path, fake, redis_url, redis_client, capsys
+) -> None:
+    run_id = "a-rather-long-run-id-20240101-120000-beef"
+    fake.script(write(GOOD))
+    payload = json.dumps({"task": "Write add(a, b) " + "with care " * 10, "tests": TESTS})
+    environ = env(fake, redis_url, tmp_path)
+    argv = ["solve", "--input", payload, "--out", str(tmp_path), "--run-id", run_id]
+    assert main(argv, environ=environ) == 0
+    assert "[passed] 1 iteration," in capsys.readouterr().err  # not "1 iterations"
+    for columns in (50, 70, 200):
+        assert main(["runs"], environ={**environ, "COLUMNS": str(columns)}) == 0
+        listing = capsys.readouterr().out
+        assert run_id in listing, listing
+        if columns >= 70:  # room for the id and the status: the table fits
+            assert max(len(line) for line in listing.splitlines()) <= columns, listing
+    assert "task" in listing and "Write add" in listing  # a wide terminal has it all
+
+
+def test_a_run_whose_process_died_is_interrupted_not_running(
+    tmp_path, fake, redis_url, redis_client, capsys
+) -> None:
+    environ = env(fake, redis_url, tmp_path)
+    journal = RunJournal(redis_client, "died-1", lease_seconds=5)
+    journal.acquire()
+    journal.set_meta(status="running", title="add")
+    try:
+        assert main(["runs"], environ=environ) == 0
+        assert "running" in capsys.readouterr().out
+    finally:
+        journal.release()  # its lease key goes, as it lapses when the process dies
+    assert main(["runs"], environ=environ) == 0
+    listing = capsys.readouterr().out
+    assert "interrupted" in listing and "running" not in listing
+    assert main(["runs", "show", "died-1"], environ=environ) == 0
+    assert "died-1: interrupted" in capsys.readouterr().out
+
+
+def test_a_model_failure_says_how_to_resume(
+    tmp_path, fake, redis_url, redis_client, capsys
+) -> None:
+    fake.script(g.server_error(500))
+    payload = json.dumps({"task": "Write add(a, b).", "tests": TESTS})
+    environ = env(fake, redis_url, tmp_path, GROQ_MAX_RETRIES="0")
+    argv = ["solve", "--input", payload, "--out", str(tmp_path), "--run-id", "flaky-1"]
+    assert main(argv, environ=environ) == 1
+    err = capsys.readouterr().err
+    assert "the model failed: " in err and "; resume with --run-id flaky-1" in err
+    assert len(fake.requests) == 1
+
+
+def test_redis_status_and_stop_manage_the_embedded_redis(tmp_path, fake, capsys) -> None:
+    environ = env(fake, None, tmp_path)
+    data = tmp_path / "data"
+    try:
+        assert main(["redis", "status"], environ=environ) == 1
+        assert "embedded Redis: not running" in capsys.readouterr().out
+        assert main(["runs"], environ=environ) == 0  # starts it
+        capsys.readouterr()
+        assert main(["redis", "status"], environ=environ) == 0
+        shown = capsys.readouterr().out
+        pid = int((data / "redis.pid").read_text())
+        assert "embedded Redis: running" in shown
+        assert f"socket: {data / 'redis.sock'}" in shown and f"data dir: {data}" in shown
+        assert f"pid: {pid}" in shown and "append-only file: " in shown
+
+        assert main(["redis", "stop"], environ=environ) == 0
+        assert f"stopped the embedded Redis in {data}" in capsys.readouterr().out
+        assert not (data / "redis.sock").exists()
+        assert main(["redis", "status"], environ=environ) == 1
+        assert "embedded Redis: not running" in capsys.readouterr().out
+        assert main(["redis", "stop"], environ=environ) == 0
+        assert "is not running" in capsys.readouterr().out
+    finally:
+        pid_file = data / "redis.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
