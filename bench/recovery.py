@@ -42,7 +42,7 @@ from bot.journal import load_run
 from bot.redis_server import connect
 from tests.fakes import groq as g
 from tests.fakes.github import FakeGitHub, generate_pem
-from tests.support import GOOD, HALF, ISSUE_BODY, RedisServer
+from tests.support import GOOD, HALF, ISSUE_BODY, RedisServer, kill_tree
 
 TARGET_SECONDS = 60.0
 SECRET = "bench-e2e-secret"  # bench.e2e's web_app signs with it
@@ -58,26 +58,6 @@ STOCK_WORKER = [
 # The run's third step: the tests on the model's first reply, the step killed mid-way.
 KILLED_STEP = 3
 POLL = 0.05
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (RQ's work-horse has its own session)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    todo, victims = [pid], []
-    while todo:
-        current = todo.pop()
-        victims.append(current)
-        todo.extend(children.get(current, []))
-    for victim in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, 9)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@ the calculator issue the end-to-end runs solve."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -107,3 +109,23 @@ Target: calc.py
 """
 GOOD = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
 HALF = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a + b\n"
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (RQ's work-horse has its own session)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    todo, victims = [pid], []
+    while todo:
+        current = todo.pop()
+        victims.append(current)
+        todo.extend(children.get(current, []))
+    for victim in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, 9)

@@ -3,7 +3,6 @@ fake GitHub and fake Groq on loopback, a real sandbox running pytest."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -29,7 +28,7 @@ from bot.web import create_app
 from bot.wiring import DailySpend, IssueLocks
 from tests.fakes import groq as g
 from tests.fakes.github import FakeGitHub, generate_pem
-from tests.support import GOOD, HALF, ISSUE_BODY, free_port
+from tests.support import GOOD, HALF, ISSUE_BODY, free_port, kill_tree
 
 pytestmark = pytest.mark.slow
 
@@ -331,26 +330,6 @@ def test_installation_tokens_never_reach_the_journal(stack: Stack) -> None:
     assert tokens
     stored = b"".join((stack.redis.dump(key) or b"") for key in stack.redis.scan_iter("tdd:*"))
     assert stored and not any(t.encode() in stored for t in tokens)
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (RQ's work-horse has its own session)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    todo, victims = [pid], []
-    while todo:
-        current = todo.pop()
-        victims.append(current)
-        todo.extend(children.get(current, []))
-    for victim in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, 9)
 
 
 SLOW_ISSUE_BODY = ISSUE_BODY.replace(

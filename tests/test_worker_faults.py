@@ -34,7 +34,7 @@ from jobs.worker import PatientRetry, ride_out_outages
 from jobs.worker import Worker as BotWorker
 from tests.fakes import groq as g
 from tests.fakes.github import FakeGitHub, generate_pem
-from tests.support import GOOD, HALF, ISSUE_BODY, RedisServer, free_port
+from tests.support import GOOD, HALF, ISSUE_BODY, RedisServer, free_port, kill_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
@@ -72,26 +72,6 @@ def labeled_payload(issue_number: int) -> dict[str, Any]:
     data["sender"]["login"] = "alice"
     data["installation"] = {"id": 1}
     return data
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (RQ's work-horse has its own session)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    todo, victims = [pid], []
-    while todo:
-        current = todo.pop()
-        victims.append(current)
-        todo.extend(children.get(current, []))
-    for victim in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, 9)
 
 
 def wait(predicate: Callable[[], Any], what: str, timeout: float, log: Path | None = None) -> Any:
